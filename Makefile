@@ -1,0 +1,21 @@
+# Two entry points: `make demo` (fit + predict on real texture photos) and `make test`.
+# Both create .venv and install into it on first use.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	# The CPU build of torch; a plain `torch` would pull a multi-GB CUDA build.
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e '.[data,elpv,test]'
+	touch $@
+
+.PHONY: install demo test
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/patchcore demo --out demo_output
+
+test: install
+	$(PYTHON) -m pytest

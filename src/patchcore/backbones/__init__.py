@@ -1,0 +1,12 @@
+"""Backbone networks: architectures written here and a registry of them by name."""
+
+from patchcore.backbones.registry import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    BackboneSpec,
+    LoadedBackbone,
+    get_backbone_spec,
+    load_backbone,
+)
+
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneSpec", "LoadedBackbone", "get_backbone_spec", "load_backbone"]

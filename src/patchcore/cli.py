@@ -1,0 +1,190 @@
+"""The `patchcore` command line: fit, predict, demo, datasets and backbone listing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
+from patchcore.errors import PatchCoreError
+from patchcore.images import IMAGE_SUFFIXES, list_images, load_image
+from patchcore.model import PatchCore, Prediction
+from patchcore.persistence import atomic_write_bytes
+from patchcore.visualize import display_range, overlay
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear line and a non-zero exit, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (PatchCoreError, ValueError, FileNotFoundError) as error:
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="patchcore")
+def main() -> None:
+    """PatchCore anomaly detection: fit on good images, then score and locate defects."""
+
+
+def _model_options(function):
+    options = [
+        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+                     type=click.Choice(sorted(BACKBONES)), help="Feature extractor (see `patchcore backbones`)."),
+        click.option("--weights", default=None,
+                     help="Backbone weights: a state-dict file, 'torch-hub', or 'random'. Default: the packaged ones."),
+        click.option("--layers", default=None, help="Comma-separated feature taps, e.g. layer2,layer3."),
+        click.option("--feature-dim", type=int, default=None, help="Patch feature dimension (default per backbone)."),
+        click.option("--patch-size", type=int, default=3, show_default=True, help="Neighbourhood p of Eq. 1."),
+        click.option("--sampler", default="greedy_coreset", show_default=True,
+                     type=click.Choice(["greedy_coreset", "random", "none"])),
+        click.option("--coreset-ratio", type=float, default=0.1, show_default=True,
+                     help="Share of patches kept in the memory bank."),
+        click.option("--index", default="exact", show_default=True, type=click.Choice(["exact", "ivfpq"])),
+        click.option("--reweight/--no-reweight", default=True, show_default=True, help="Eq. 7 score reweighting."),
+        click.option("--num-neighbours", type=int, default=9, show_default=True, help="b of Eq. 7."),
+        click.option("--image-size", type=int, default=224, show_default=True, help="Centre-crop size in pixels."),
+        click.option("--holdout-fraction", type=float, default=0.1, show_default=True,
+                     help="Share of good images held out to measure nominal scores."),
+        click.option("--batch-size", type=int, default=8, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def model_from_options(options: dict) -> PatchCore:
+    layers = options.pop("layers")
+    return PatchCore(layers=layers.split(",") if layers else None, progress=True, **options)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@_model_options
+def fit(data_dir: Path, out_dir: Path, **options) -> None:
+    """Fit on the good images in DATA_DIR (a folder, or an MVTec category whose train/good is used)."""
+    model = model_from_options(options).fit(data_dir)
+    model.save(out_dir)
+    click.echo(
+        f"fitted on {model.n_train_images_} images: memory bank {model.memory_bank_.shape[0]} x "
+        f"{model.memory_bank_.shape[1]} (from {model.n_patches_seen_} patches); saved to {out_dir}"
+    )
+
+
+def collect_images(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given; folders searched recursively for images."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found if found else list_images(path)  # list_images raises the clear "no images" error
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """Unique names for outputs: the path relative to the inputs' common folder, '/' -> '__'."""
+    absolute = [file.absolute() for file in files]
+    common = Path(os.path.commonpath([p.parent for p in absolute])) if absolute else Path()
+    return [str(p.relative_to(common).with_suffix("")).replace(os.sep, "__") for p in absolute]
+
+
+def write_predictions(model: PatchCore, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:
+    rows = [{"image": p.source, "score": p.score} for p in predictions]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["image", "score"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out_dir / "scores.csv", text.getvalue().encode())
+    atomic_write_bytes(out_dir / "scores.json", json.dumps(rows, indent=2).encode())
+    for prediction, name in zip(predictions, names):
+        vmin, vmax = display_range(prediction.anomaly_map, model.nominal_map_range_)
+        picture = overlay(load_image(prediction.source), prediction.anomaly_map, vmin, vmax)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        atomic_write_bytes(out_dir / "heatmaps" / f"{name}.png", buffer.getvalue())
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for scores.csv, scores.json and heatmaps/.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--weights", default=None, help="Backbone weights file, if not where the model was fitted.")
+def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None) -> None:
+    """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores and heatmap overlays."""
+    model = PatchCore.load(model_dir, device=device, weights=weights)
+    model.progress = True
+    files = collect_images(images)
+    predictions = model.predict(files)
+    write_predictions(model, predictions, output_names(files), out_dir)
+    for prediction in predictions:
+        click.echo(f"{prediction.score:10.4f}  {prediction.source}")
+    click.echo(f"wrote {out_dir / 'scores.csv'} and {len(predictions)} heatmaps in {out_dir / 'heatmaps'}")
+
+
+@main.command()
+def backbones() -> None:
+    """List the backbones, their default taps and where their weights come from."""
+    for name, spec in sorted(BACKBONES.items()):
+        marker = "*" if name == DEFAULT_BACKBONE else " "
+        click.echo(f"{marker} {name:20s} taps {','.join(spec.default_layers):20s} dim {spec.default_feature_dim:5d}  {spec.description}")
+
+
+@main.group()
+def datasets() -> None:
+    """Build benchmark datasets in MVTec AD layout."""
+
+
+@datasets.command("build-offline")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--categories", default=None, help="Comma-separated subset (default: all that can be built).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def build_offline(root: Path, categories: str | None, seed: int) -> None:
+    """Write the real-data offline benchmarks (textures with synthetic defects, ELPV) under ROOT."""
+    from patchcore.offline_benchmarks import OFFLINE_CATEGORIES, build_offline_benchmarks
+
+    chosen = tuple(categories.split(",")) if categories else OFFLINE_CATEGORIES
+    build_offline_benchmarks(root, chosen, seed=seed, progress=True)
+    click.echo(f"wrote {', '.join(chosen)} under {root} (details in {root / 'benchmark.json'})")
+
+
+@main.command()
+@click.option("--out", "out_dir", default=Path("demo_output"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--category", default="brick", show_default=True, type=click.Choice(["brick", "grass", "gravel"]))
+@click.option("--device", default=None)
+def demo(out_dir: Path, category: str, device: str | None) -> None:
+    """Fit on real texture photos shipped with scikit-image and find synthetic defects on held-out crops."""
+    from patchcore.offline_benchmarks import build_offline_benchmarks
+
+    data_root = build_offline_benchmarks(out_dir / "data", (category,))
+    model = PatchCore(device=device, progress=True).fit(data_root / category)
+    model.save(out_dir / "model")
+    files = collect_images([data_root / category / "test"])
+    predictions = model.predict(files)
+    write_predictions(model, predictions, output_names(files), out_dir / "predictions")
+    good = [p.score for p, f in zip(predictions, files) if f.parent.name == "good"]
+    bad = [p.score for p, f in zip(predictions, files) if f.parent.name != "good"]
+    from sklearn.metrics import roc_auc_score
+
+    auroc = roc_auc_score([0] * len(good) + [1] * len(bad), good + bad)
+    click.echo(
+        f"{category}: {len(good)} good test crops (mean score {sum(good) / len(good):.3f}), "
+        f"{len(bad)} with synthetic defects (mean {sum(bad) / len(bad):.3f}); image AUROC {100 * auroc:.1f}\n"
+        f"model: {out_dir / 'model'}  heatmaps: {out_dir / 'predictions' / 'heatmaps'}"
+    )

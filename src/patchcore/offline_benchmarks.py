@@ -1,0 +1,227 @@
+"""Real-data benchmarks built from registry packages, written in MVTec AD layout.
+
+Textures: scikit-image's real 512 x 512 photos, split in space (train crops from the top,
+test crops from the bottom, never overlapping), with *synthetic* defects pasted on held-out crops.
+ELPV: real electroluminescence solar-cell images with real defects, image-level labels only.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import binary_dilation, gaussian_filter
+from tqdm.auto import tqdm
+
+from patchcore.errors import DatasetError
+
+TEXTURES = ("brick", "grass", "gravel")
+ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
+OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES
+
+CROP = 128
+TRAIN_ROWS = (0, 300)  # train crops lie wholly in rows [0, 300)
+TEST_ROWS = (320, 512)  # test crops lie wholly in rows [320, 512): a 20-row gap, no overlap
+TRAIN_STRIDE = (16, 24)
+
+
+def texture_photo(name: str) -> np.ndarray:
+    """A scikit-image texture photo as a 2-D uint8 array."""
+    try:
+        folder = importlib.resources.files("skimage").joinpath("data")
+    except ModuleNotFoundError:
+        raise DatasetError("the texture benchmarks need scikit-image: pip install 'patchcore[data]'") from None
+    with Image.open(Path(str(folder.joinpath(f"{name}.png")))) as image:
+        return np.asarray(image.convert("L"))
+
+
+# -- synthetic defects: each takes (crop, rng, donor texture) and returns (defective crop, mask) ------
+
+
+def _random_blob(rng: np.random.Generator, size: int, radius: tuple[float, float]) -> np.ndarray:
+    """A soft irregular blob in [0, 1], centred away from the border."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+    ry, rx = rng.uniform(*radius, size=2)
+    angle = rng.uniform(0, np.pi)
+    dy, dx = yy - cy, xx - cx
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
+    wobble = gaussian_filter(rng.normal(size=(size, size)), 6) * 8.0
+    return np.clip(1.5 - (u**2 + v**2 + wobble) , 0, 1)
+
+
+def scratch(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    size = crop.shape[0]
+    mask = np.zeros(crop.shape, dtype=bool)
+    y, x = rng.uniform(0.2, 0.8, size=2) * size
+    angle = rng.uniform(0, 2 * np.pi)
+    length = rng.uniform(0.3, 0.6) * size
+    for t in np.linspace(0, length, int(length * 2)):
+        angle += rng.normal(0, 0.02)
+        py, px = int(y + t * np.sin(angle)), int(x + t * np.cos(angle))
+        if 0 <= py < size and 0 <= px < size:
+            mask[py, px] = True
+    mask = binary_dilation(mask, iterations=int(rng.integers(1, 3)))
+    out = crop.astype(np.float64)
+    out[mask] = 235.0 if rng.random() < 0.5 else 20.0
+    return out.clip(0, 255).astype(np.uint8), mask
+
+
+def foreign_patch(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    size = crop.shape[0]
+    blob = _random_blob(rng, size, (8, 18)) > 0.5
+    y, x = rng.integers(0, donor.shape[0] - size), rng.integers(0, donor.shape[1] - size)
+    out = crop.copy()
+    out[blob] = donor[y : y + size, x : x + size][blob]
+    return out, blob
+
+
+def hole(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    blob = _random_blob(rng, crop.shape[0], (5, 12))
+    out = crop * (1.0 - 0.9 * blob)
+    return out.clip(0, 255).astype(np.uint8), blob > 0.5
+
+
+def stain(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    blob = gaussian_filter(_random_blob(rng, crop.shape[0], (10, 22)), 2)
+    tone = rng.uniform(0.35, 0.6)
+    out = crop * (1 - blob) + (crop * tone + 40 * tone) * blob
+    return out.clip(0, 255).astype(np.uint8), blob > 0.5
+
+
+def brightness(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    blob = _random_blob(rng, crop.shape[0], (10, 20))
+    gain = rng.choice([0.45, 1.7])
+    out = crop * (1 + (gain - 1) * blob)
+    return out.clip(0, 255).astype(np.uint8), blob > 0.5
+
+
+DEFECTS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "scratch": scratch,
+    "foreign_patch": foreign_patch,
+    "hole": hole,
+    "stain": stain,
+    "brightness": brightness,
+}
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def build_texture(name: str, root: Path, seed: int = 0, n_test_good: int = 40, n_per_defect: int = 12) -> dict:
+    """Write one texture category; return its description (what is real, what is synthetic)."""
+    photo = texture_photo(name)
+    donor = texture_photo(TEXTURES[(TEXTURES.index(name) + 1) % len(TEXTURES)])
+    rng = np.random.default_rng(seed)
+    category = root / name
+    train_positions = [
+        (y, x)
+        for y in range(TRAIN_ROWS[0], TRAIN_ROWS[1] - CROP + 1, TRAIN_STRIDE[0])
+        for x in range(0, photo.shape[1] - CROP + 1, TRAIN_STRIDE[1])
+    ]
+    for i, (y, x) in enumerate(train_positions):
+        _save_png(photo[y : y + CROP, x : x + CROP], category / "train" / "good" / f"{i:03d}.png")
+
+    def test_crop() -> np.ndarray:
+        y = int(rng.integers(TEST_ROWS[0], TEST_ROWS[1] - CROP + 1))
+        x = int(rng.integers(0, photo.shape[1] - CROP + 1))
+        return photo[y : y + CROP, x : x + CROP]
+
+    for i in range(n_test_good):
+        _save_png(test_crop(), category / "test" / "good" / f"{i:03d}.png")
+    for defect, make in DEFECTS.items():
+        for i in range(n_per_defect):
+            image, mask = make(test_crop(), rng, donor)
+            _save_png(image, category / "test" / defect / f"{i:03d}.png")
+            _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
+    return {
+        "source": f"scikit-image data/{name}.png (real photo), defects synthetic",
+        "train_images": len(train_positions),
+        "test_good": n_test_good,
+        "test_defective": n_per_defect * len(DEFECTS),
+        "split": f"train crops in rows {TRAIN_ROWS}, test crops in rows {TEST_ROWS}: no overlap",
+        "seed": seed,
+    }
+
+
+def elpv_labels() -> tuple[Path, list[tuple[str, float, str]]]:
+    try:
+        folder = Path(str(importlib.resources.files("elpv_dataset").joinpath("data")))
+    except ModuleNotFoundError:
+        raise DatasetError("the ELPV benchmarks need the elpv-dataset package: pip install 'patchcore[elpv]'") from None
+    rows = []
+    with open(folder / "labels.csv", encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) == 3:
+                rows.append((parts[0], float(parts[1]), parts[2]))
+    return folder, rows
+
+
+def build_elpv(cell_type: str, root: Path, seed: int = 0, train_share: float = 0.75) -> dict:
+    """Train on a seeded share of defect-free cells; test held-out good vs. defective (p = 1) cells."""
+    folder, rows = elpv_labels()
+    good = [path for path, prob, kind in rows if kind == cell_type and prob == 0.0]
+    defective = [path for path, prob, kind in rows if kind == cell_type and prob == 1.0]
+    order = np.random.default_rng(seed).permutation(len(good))
+    n_train = int(round(train_share * len(good)))
+    category = root / f"elpv_{cell_type}"
+    splits = {
+        "train/good": [good[i] for i in order[:n_train]],
+        "test/good": [good[i] for i in order[n_train:]],
+        "test/defective": defective,
+    }
+    for split, paths in splits.items():
+        (category / split).mkdir(parents=True, exist_ok=True)
+        for relative in paths:
+            shutil.copyfile(folder / relative, category / split / Path(relative).name)
+    return {
+        "source": "elpv-dataset 1.0.0.post1 (real EL images, real defects; CC BY-NC-SA 4.0)",
+        "train_images": n_train,
+        "test_good": len(good) - n_train,
+        "test_defective": len(defective),
+        "split": "seeded random split of p=0 cells; cells of one module may fall on both sides",
+        "defective_definition": "defect probability 1.0",
+        "seed": seed,
+        "masks": "none: image-level only",
+        "files": {split: [Path(p).name for p in paths] for split, paths in splits.items()},
+    }
+
+
+def build_offline_benchmarks(
+    root: str | Path, categories: tuple[str, ...] = OFFLINE_CATEGORIES, seed: int = 0, progress: bool = False
+) -> Path:
+    """Write the chosen categories under `root` (each written whole or not at all) with a `benchmark.json`."""
+    root = Path(root)
+    unknown = [c for c in categories if c not in OFFLINE_CATEGORIES]
+    if unknown:
+        raise DatasetError(f"unknown offline categories {unknown}; choose from {OFFLINE_CATEGORIES}")
+    root.mkdir(parents=True, exist_ok=True)
+    description = {}
+    for category in tqdm(categories, desc="build", disable=not progress):
+        staging = Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
+        try:
+            if category in TEXTURES:
+                description[category] = build_texture(category, staging, seed)
+            else:
+                description[category] = build_elpv(category.removeprefix("elpv_"), staging, seed)
+            target = root / category
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / category).rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    info_path = root / "benchmark.json"
+    existing = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    existing.update(description)
+    info_path.write_text(json.dumps(existing, indent=2))
+    return root

@@ -1,0 +1,122 @@
+"""Saved-model directories: a versioned JSON manifest plus .npy arrays, written atomically, checksummed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patchcore.errors import ModelFileError
+
+FORMAT_NAME = "patchcore-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Write `manifest` and `arrays` as a model directory at `path`, replacing any previous one whole.
+
+    Everything is written into a temporary sibling first and renamed into place, so a crash leaves
+    the old model or the new one, never a mix.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        files = {}
+        for name, array in arrays.items():
+            filename = f"{name}.npy"
+            with open(staging / filename, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            files[name] = {"file": filename, "sha256": file_sha256(staging / filename),
+                           "shape": list(array.shape), "dtype": str(array.dtype)}
+        document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "arrays": files}
+        with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _replace_directory(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_directory(staging: Path, path: Path) -> None:
+    if path.exists() and not (path / MANIFEST).is_file():
+        raise ModelFileError(f"{path}: exists and is not a model directory; refusing to replace it")
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    retired = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, retired)
+    os.replace(staging, path)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and verify a model directory: format, version, every array's presence and checksum."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: model directory not found")
+    if not manifest_path.is_file():
+        raise ModelFileError(f"{manifest_path}: missing; {path} is not a saved PatchCore model")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{manifest_path}: corrupt manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{manifest_path}: format version {manifest.get('format_version')!r}; this patchcore reads "
+            f"version {FORMAT_VERSION}. Refit the model or use the patchcore release that wrote it"
+        )
+    arrays = {}
+    for name, entry in manifest.get("arrays", {}).items():
+        file = path / Path(entry["file"]).name
+        if not file.is_file():
+            raise ModelFileError(f"{file}: missing from the model directory")
+        if file_sha256(file) != entry["sha256"]:
+            raise ModelFileError(f"{file}: checksum mismatch; the file is corrupt or was modified")
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise ModelFileError(f"{file}: unreadable array ({error})") from error
+        if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
+            raise ModelFileError(f"{file}: shape/dtype differ from the manifest")
+        arrays[name] = array
+    return manifest, arrays
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file via a temporary sibling and a rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,85 @@
+"""Nearest-neighbour search over the memory bank: one interface, exact (flat L2) and IVF-PQ indexes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import faiss
+import numpy as np
+
+QUERY_CHUNK = 16384
+INDEX_KINDS = ("exact", "ivfpq")
+
+
+class NearestNeighbourIndex(ABC):
+    """Fit on the memory bank, then `search` returns true L2 distances (not squared) and indices."""
+
+    def fit(self, bank: np.ndarray) -> "NearestNeighbourIndex":
+        bank = np.ascontiguousarray(bank, dtype=np.float32)
+        if bank.ndim != 2 or len(bank) == 0:
+            raise ValueError(f"memory bank must be a non-empty 2-D array, got shape {bank.shape}")
+        self.dim_ = bank.shape[1]
+        self.index_ = self._build(bank)
+        self.index_.add(bank)
+        return self
+
+    @abstractmethod
+    def _build(self, bank: np.ndarray) -> faiss.Index: ...
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim_:
+            raise ValueError(f"queries must have shape (n, {self.dim_}), got {queries.shape}")
+        k = min(k, self.index_.ntotal)
+        distances = np.empty((len(queries), k), dtype=np.float32)
+        indices = np.empty((len(queries), k), dtype=np.int64)
+        # Chunks bound faiss's per-query scratch memory on large batches.
+        for start in range(0, len(queries), QUERY_CHUNK):
+            stop = start + QUERY_CHUNK
+            squared, found = self.index_.search(queries[start:stop], k)
+            distances[start:stop] = np.sqrt(np.maximum(squared, 0.0))
+            indices[start:stop] = found
+        return distances, indices
+
+
+class ExactIndex(NearestNeighbourIndex):
+    """Brute-force L2 search (faiss IndexFlatL2)."""
+
+    def _build(self, bank: np.ndarray) -> faiss.Index:
+        return faiss.IndexFlatL2(bank.shape[1])
+
+
+class IVFPQIndex(NearestNeighbourIndex):
+    """Inverted lists over product-quantised codes: approximate, smaller and faster on large banks."""
+
+    def __init__(self, n_lists: int | None = None, n_subquantizers: int | None = None, n_probe: int = 8) -> None:
+        self.n_lists = n_lists
+        self.n_subquantizers = n_subquantizers
+        self.n_probe = n_probe
+
+    def _build(self, bank: np.ndarray) -> faiss.Index:
+        n_total, dim = bank.shape
+        # faiss wants ~39 training points per centroid and 256 per PQ code; shrink to what the bank allows.
+        n_lists = self.n_lists or max(1, min(int(np.sqrt(n_total)), n_total // 39))
+        n_subquantizers = self.n_subquantizers or _largest_divisor_at_most(dim, max(1, dim // 8))
+        if dim % n_subquantizers:
+            raise ValueError(f"n_subquantizers {n_subquantizers} must divide the feature dimension {dim}")
+        bits = 8 if n_total >= 256 * 4 else max(1, int(np.log2(max(2, n_total // 4))))
+        quantizer = faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, n_lists, n_subquantizers, bits)
+        index.train(bank)
+        index.nprobe = min(self.n_probe, n_lists)
+        self._quantizer = quantizer  # faiss does not own it: keep it alive with the index
+        return index
+
+
+def _largest_divisor_at_most(number: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if number % d == 0)
+
+
+def make_index(kind: str) -> NearestNeighbourIndex:
+    if kind == "exact":
+        return ExactIndex()
+    if kind == "ivfpq":
+        return IVFPQIndex()
+    raise ValueError(f"unknown index {kind!r}; choose from {INDEX_KINDS}")

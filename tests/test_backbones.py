@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from patchcore.backbones import BACKBONES, get_backbone_spec, load_backbone
+from patchcore.errors import WeightsError
+from patchcore.images import Preprocessor
+from patchcore.offline_benchmarks import texture_photo  # noqa: F401  (scikit-image present)
+
+SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO, COFFEE_MUG, CUP = 967, 504, 968
+
+
+def classify(backbone_name: str, filename: str) -> tuple[int, float]:
+    backbone = load_backbone(backbone_name)
+    spec = backbone.spec
+    image = Image.open(SKIMAGE_DATA / filename).convert("RGB")
+    batch = Preprocessor(256, 224, spec.mean, spec.std)(image)[None]
+    with torch.inference_mode():
+        probabilities = backbone.module(batch).softmax(dim=1)[0]
+    return int(probabilities.argmax()), float(probabilities.max())
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_packaged_lite_checkpoints_classify_real_photos(name: str) -> None:
+    cat, cat_probability = classify(name, "chelsea.png")
+    assert cat in CAT_CLASSES and cat_probability > 0.3
+    coffee, coffee_probability = classify(name, "coffee.png")
+    assert coffee in (ESPRESSO, COFFEE_MUG, CUP) and coffee_probability > 0.3
+
+
+def test_wide_resnet_taps_have_the_papers_shapes() -> None:
+    backbone = load_backbone("wide_resnet50_2", weights="random")
+    x = torch.zeros(1, 3, 224, 224)
+    shapes = {}
+    with torch.inference_mode():
+        for name, step in backbone.module.stages():
+            x = step(x)
+            shapes[name] = tuple(x.shape[1:])
+    assert shapes["layer2"] == (512, 28, 28)
+    assert shapes["layer3"] == (1024, 14, 14)
+
+
+def test_resnet_without_weights_names_the_ways_to_get_them() -> None:
+    with pytest.raises(WeightsError, match="--weights FILE"):
+        load_backbone("wide_resnet50_2")
+
+
+def test_weights_file_by_path_round_trips(tmp_path: Path) -> None:
+    reference = load_backbone("resnet18", weights="random").module
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.normal_()
+    path = tmp_path / "resnet18-custom.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    loaded = load_backbone("resnet18", weights=path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(reference.eval()(x), loaded.module(x))
+    assert loaded.weights_sha256 is not None and len(loaded.weights_sha256) == 64
+
+
+def test_mismatched_weights_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.pth"
+    torch.save(load_backbone("resnet18", weights="random").module.state_dict(), path)
+    with pytest.raises(WeightsError, match="wrong.pth.*does not match"):
+        load_backbone("resnet50", weights=path)
+
+
+def test_weights_file_that_is_not_torch_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pth"):
+        load_backbone("resnet18", weights=path)
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="nope.pth: weights file not found"):
+        load_backbone("resnet18", weights=tmp_path / "nope.pth")
+
+
+def test_unknown_backbone_lists_the_known_ones() -> None:
+    with pytest.raises(WeightsError, match="efficientnet_lite2"):
+        get_backbone_spec("vgg99")
+
+
+def test_every_registered_default_tap_exists() -> None:
+    for name, spec in BACKBONES.items():
+        module = spec.build()
+        names = [step_name for step_name, _ in module.stages()]
+        assert set(spec.default_layers) <= set(names), name

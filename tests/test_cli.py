@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from patchcore.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_fit_then_predict_writes_scores_and_heatmaps(image_folder: Path, defect_crop, tmp_path: Path) -> None:
+    result = run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model" / "manifest.json").is_file()
+    query = tmp_path / "queries"
+    (query / "a").mkdir(parents=True)
+    (query / "b").mkdir()
+    Image.fromarray(defect_crop[0]).save(query / "a" / "x.png")
+    Image.fromarray(np.asarray(Image.open(next(image_folder.glob("*.png"))))).save(query / "b" / "x.png")
+    result = run("predict", tmp_path / "model", query, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert len(rows) == 2 and rows[0]["score"] > rows[1]["score"]  # a/x.png holds the defect
+    heatmaps = sorted(p.name for p in (tmp_path / "out" / "heatmaps").iterdir())
+    assert heatmaps == ["a__x.png", "b__x.png"]  # same file names in two folders do not collide
+    assert Image.open(tmp_path / "out" / "heatmaps" / "a__x.png").size == (128, 128)
+    assert (tmp_path / "out" / "scores.csv").read_text().startswith("image,score")
+
+
+def test_fit_on_empty_folder_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run("fit", tmp_path / "empty", "--out", tmp_path / "model")
+    assert result.exit_code != 0
+    assert "empty: no image files" in result.output
+    assert not (tmp_path / "model").exists()
+
+
+def test_fit_on_a_folder_with_a_corrupt_image_names_it(image_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for path in sorted(image_folder.glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = run("fit", folder, "--out", tmp_path / "model")
+    assert result.exit_code != 0
+    assert "zz_broken.png: not a readable image" in result.output
+    assert not (tmp_path / "model").exists()
+
+
+def test_predict_with_a_broken_model_dir_names_the_missing_file(image_folder: Path, tmp_path: Path) -> None:
+    assert run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05").exit_code == 0
+    (tmp_path / "model" / "memory_bank.npy").unlink()
+    result = run("predict", tmp_path / "model", image_folder, "--out", tmp_path / "out")
+    assert result.exit_code != 0
+    assert "memory_bank.npy: missing" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_on_a_truncated_png_writes_nothing(image_folder: Path, tmp_path: Path) -> None:
+    assert run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05").exit_code == 0
+    broken = tmp_path / "cut.png"
+    broken.write_bytes(next(image_folder.glob("*.png")).read_bytes()[:200])
+    result = run("predict", tmp_path / "model", broken, "--out", tmp_path / "out")
+    assert result.exit_code != 0
+    assert "cut.png" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_command_has_help() -> None:
+    for command in (["--help"], ["fit", "--help"], ["predict", "--help"], ["demo", "--help"],
+                    ["datasets", "build-offline", "--help"], ["backbones"]):
+        result = run(*command)
+        assert result.exit_code == 0 and result.output.strip(), command

@@ -1,0 +1,42 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from patchcore.backbones import load_backbone
+from patchcore.features import FeatureExtractor, channel_pooling_matrix
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(1024, 512), (120, 48), (48, 84), (7, 7), (10, 3)])
+def test_channel_pooling_matrix_equals_adaptive_average_pooling(in_channels: int, out_channels: int) -> None:
+    x = torch.randn(5, in_channels)
+    expected = F.adaptive_avg_pool1d(x[:, None, :], out_channels)[:, 0, :]
+    assert torch.allclose(x @ channel_pooling_matrix(in_channels, out_channels), expected, atol=1e-6)
+
+
+def test_lite2_patch_features_on_the_stride_8_grid() -> None:
+    extractor = FeatureExtractor(load_backbone("efficientnet_lite2"), ("blocks.6", "blocks.14"), 3, 168)
+    features = extractor(torch.randn(2, 3, 224, 224))
+    assert features.shape == (2, 28, 28, 168)
+    # The forward pass stops at the deepest tap: blocks 15-20 and the head never run.
+    assert extractor.step_names[-1] == "blocks.14"
+
+
+def test_local_averaging_is_a_3x3_mean_of_the_raw_tap() -> None:
+    backbone = load_backbone("efficientnet_lite0")
+    raw = FeatureExtractor(backbone, ("blocks.4",), 1, 40)
+    smoothed = FeatureExtractor(backbone, ("blocks.4",), 3, 40)
+    images = torch.randn(1, 3, 224, 224)
+    plain, averaged = raw(images), smoothed(images)
+    y, x = 10, 13
+    expected = plain[0, y - 1 : y + 2, x - 1 : x + 2].mean(dim=(0, 1))
+    assert torch.allclose(averaged[0, y, x], expected, atol=1e-5)
+
+
+def test_feature_dim_larger_than_the_taps_is_refused() -> None:
+    with pytest.raises(ValueError, match="feature_dim must be between 1 and 152"):
+        FeatureExtractor(load_backbone("efficientnet_lite0"), ("blocks.4", "blocks.10"), 3, 1024)
+
+
+def test_unknown_layer_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown layers"):
+        FeatureExtractor(load_backbone("efficientnet_lite0"), ("layer2",), 3, 40)

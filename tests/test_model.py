@@ -1,0 +1,107 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from patchcore.errors import ModelFileError, NotFittedError
+from patchcore.model import PatchCore
+
+
+def test_pasted_defect_scores_higher_and_is_located(fitted_model, good_test_crops, defect_crop) -> None:
+    image, (top, left, size) = defect_crop
+    good_scores = fitted_model.score_samples(good_test_crops)
+    prediction = fitted_model.predict([image])[0]
+    assert prediction.score > good_scores.max()
+    assert prediction.anomaly_map.shape == image.shape
+    peak_y, peak_x = np.unravel_index(prediction.anomaly_map.argmax(), prediction.anomaly_map.shape)
+    assert top <= peak_y < top + size and left <= peak_x < left + size
+
+
+def test_fitted_state(fitted_model, train_crops) -> None:
+    n_holdout = int(np.ceil(0.1 * len(train_crops)))
+    assert fitted_model.n_train_images_ == len(train_crops) - n_holdout
+    assert fitted_model.feature_grid_ == (28, 28)
+    assert fitted_model.memory_bank_.shape == (int(np.ceil(0.1 * fitted_model.n_patches_seen_)), 168)
+    assert fitted_model.nominal_scores_.shape == (n_holdout,)
+
+
+def test_save_load_gives_identical_scores(fitted_model, good_test_crops, defect_crop, tmp_path: Path) -> None:
+    images = good_test_crops[:3] + [defect_crop[0]]
+    before = fitted_model.predict(images)
+    fitted_model.save(tmp_path / "model")
+    loaded = PatchCore.load(tmp_path / "model")
+    after = loaded.predict(images)
+    assert [p.score for p in before] == [p.score for p in after]
+    assert all(np.array_equal(a.anomaly_map, b.anomaly_map) for a, b in zip(before, after))
+    assert loaded.get_params()["coreset_ratio"] == 0.1
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["backbone"]["name"] == "efficientnet_lite2"
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["model"]  # no staging leftovers
+
+
+def test_saving_twice_replaces_the_model_whole(fitted_model, tmp_path: Path) -> None:
+    fitted_model.save(tmp_path / "model")
+    fitted_model.save(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.fixture()
+def saved_model(fitted_model, tmp_path: Path) -> Path:
+    return fitted_model.save(tmp_path / "model")
+
+
+def test_missing_bank_file_is_named(saved_model: Path) -> None:
+    (saved_model / "memory_bank.npy").unlink()
+    with pytest.raises(ModelFileError, match="memory_bank.npy: missing"):
+        PatchCore.load(saved_model)
+
+
+def test_modified_bank_file_fails_its_checksum(saved_model: Path) -> None:
+    path = saved_model / "memory_bank.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        PatchCore.load(saved_model)
+
+
+def test_other_format_version_is_refused(saved_model: Path) -> None:
+    manifest_path = saved_model / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        PatchCore.load(saved_model)
+
+
+def test_not_a_model_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="manifest.json: missing"):
+        PatchCore.load(tmp_path)
+
+
+def test_predict_before_fit() -> None:
+    with pytest.raises(NotFittedError, match="not fitted"):
+        PatchCore().predict([np.zeros((32, 32), dtype=np.uint8)])
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"coreset_ratio": 0.0}, "coreset_ratio"),
+        ({"sampler": "kmeans"}, "unknown sampler"),
+        ({"index": "hnsw"}, "unknown index"),
+        ({"num_neighbours": 1}, "num_neighbours"),
+        ({"backbone": "vgg"}, "unknown backbone"),
+    ],
+)
+def test_bad_hyper_parameters_are_refused_at_fit(params: dict, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        PatchCore(**params).fit([np.zeros((32, 32), dtype=np.uint8)])
+
+
+def test_random_and_full_banks(train_crops) -> None:
+    full = PatchCore(sampler="none", holdout_fraction=0.0).fit(train_crops[:4])
+    assert full.memory_bank_.shape[0] == 4 * 28 * 28
+    sampled = PatchCore(sampler="random", coreset_ratio=0.25, holdout_fraction=0.0).fit(train_crops[:4])
+    assert sampled.memory_bank_.shape[0] == 4 * 28 * 28 // 4

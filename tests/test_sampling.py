@@ -1,0 +1,48 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from patchcore.sampling import coreset_size, covering_radius, greedy_coreset, random_subsample
+
+
+@pytest.fixture()
+def points() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    # Clustered data, where a covering choice matters more than on uniform noise.
+    centers = rng.normal(scale=10, size=(20, 16))
+    return (centers[rng.integers(0, 20, 3000)] + rng.normal(size=(3000, 16))).astype(np.float32)
+
+
+def test_greedy_covers_better_than_random(points: np.ndarray) -> None:
+    greedy = greedy_coreset(points, 60, seed=0)
+    for seed in range(5):
+        assert covering_radius(points, greedy) < covering_radius(points, random_subsample(len(points), 60, seed))
+
+
+def test_greedy_is_within_twice_the_optimal_radius() -> None:
+    small = np.random.default_rng(1).normal(size=(14, 3)).astype(np.float32)
+    k = 3
+    optimal = min(covering_radius(small, np.array(c)) for c in itertools.combinations(range(len(small)), k))
+    for seed in range(5):
+        greedy = covering_radius(small, greedy_coreset(small, k, seed=seed))
+        assert optimal <= greedy <= 2 * optimal + 1e-6
+
+
+def test_selection_is_unique_and_seeded(points: np.ndarray) -> None:
+    first = greedy_coreset(points, 500, projection_dim=8, seed=7)
+    assert len(np.unique(first)) == 500
+    assert np.array_equal(first, greedy_coreset(points, 500, projection_dim=8, seed=7))
+    assert not np.array_equal(first, greedy_coreset(points, 500, projection_dim=8, seed=8))
+
+
+def test_selecting_every_point_returns_each_once(points: np.ndarray) -> None:
+    chosen = greedy_coreset(points[:50], 50)
+    assert sorted(chosen.tolist()) == list(range(50))
+
+
+def test_coreset_size_bounds() -> None:
+    assert coreset_size(1000, 0.1) == 100
+    assert coreset_size(5, 0.01) == 1
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        coreset_size(10, 0.0)

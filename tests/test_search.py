@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from patchcore.search import ExactIndex, IVFPQIndex, make_index
+
+
+def test_exact_index_returns_true_l2_distances() -> None:
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(500, 24)).astype(np.float32)
+    queries = rng.normal(size=(40, 24)).astype(np.float32)
+    distances, indices = ExactIndex().fit(bank).search(queries, k=3)
+    full = np.linalg.norm(queries[:, None, :] - bank[None, :, :], axis=2)
+    expected = np.sort(full, axis=1)[:, :3]
+    np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(indices[:, 0], full.argmin(axis=1))
+
+
+def test_ivfpq_finds_most_true_neighbours() -> None:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=5, size=(50, 32))
+    bank = (centers[rng.integers(0, 50, 20000)] + rng.normal(size=(20000, 32))).astype(np.float32)
+    queries = bank[:200] + rng.normal(scale=0.1, size=(200, 32)).astype(np.float32)
+    _, found = IVFPQIndex().fit(bank).search(queries, k=1)
+    exact = np.linalg.norm(queries[:, None, :] - bank[None], axis=2).argmin(axis=1)
+    assert (found[:, 0] == exact).mean() > 0.5
+
+
+def test_query_dimension_mismatch_is_refused() -> None:
+    index = make_index("exact").fit(np.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        index.search(np.zeros((2, 5), dtype=np.float32))
