@@ -139,6 +139,38 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
 
 
 @main.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--categories", default=None, help="Comma-separated subset (default: every category under ROOT).")
+@click.option("--out", "out_dir", default=Path("evaluation"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for results.json and results.md.")
+@click.option("--save-maps", is_flag=True, help="Also write heatmap overlays of every test image.")
+@_model_options
+def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, **options) -> None:
+    """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
+    import sys
+
+    from patchcore.datasets import discover_categories, load_category
+    from patchcore.evaluation import evaluate_category, write_results
+
+    names = categories.split(",") if categories else discover_categories(root)
+    loaded = [load_category(root, name) for name in names]  # check every layout before the long work
+    results = []
+    for category in loaded:
+        click.echo(f"{category.name}: {len(category.train_images)} train, {len(category.test_samples)} test images")
+        result = evaluate_category(
+            category, lambda: model_from_options(dict(options)), out_dir / "maps" if save_maps else None
+        )
+        pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
+        pro = "n/a" if result.pro is None else f"{result.pro:.1f}"
+        click.echo(f"  image AUROC {result.image_auroc:.1f}  pixel AUROC {pixel}  PRO {pro}")
+        results.append(result)
+    command = "patchcore " + " ".join(sys.argv[1:])
+    params = model_from_options(dict(options)).get_params()
+    click.echo(write_results(results, params, out_dir, command))
+    click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+
+
+@main.command()
 def backbones() -> None:
     """List the backbones, their default taps and where their weights come from."""
     for name, spec in sorted(BACKBONES.items()):

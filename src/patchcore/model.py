@@ -202,7 +202,11 @@ class PatchCore:
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
         """Score images and locate anomalies: one `Prediction` (score, map at image size) per image."""
-        return list(self._predict(images, with_maps=True))
+        return list(self.iter_predict(images))
+
+    def iter_predict(self, images: ImageInput | Sequence[ImageInput]) -> Iterator[Prediction]:
+        """`predict` one batch at a time, so only a batch of maps is in memory."""
+        return self._predict(images, with_maps=True)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image anomaly scores only (no maps), higher = more anomalous."""

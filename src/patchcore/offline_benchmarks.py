@@ -1,7 +1,8 @@
 """Real-data benchmarks built from registry packages, written in MVTec AD layout.
 
-Textures: scikit-image's real 512 x 512 photos, split in space (train crops from the top,
-test crops from the bottom, never overlapping), with *synthetic* defects pasted on held-out crops.
+Textures: scikit-image's real 512 x 512 photos, split in space (a 3 x 3 grid of tiles: train crops
+inside seven tiles, test crops inside the other two, so none overlaps a train crop), with
+*synthetic* defects pasted on the held-out crops.
 ELPV: real electroluminescence solar-cell images with real defects, image-level labels only.
 """
 
@@ -22,13 +23,16 @@ from tqdm.auto import tqdm
 from patchcore.errors import DatasetError
 
 TEXTURES = ("brick", "grass", "gravel")
+# Foreign material for each texture, chosen to look different from it (gravel in grass looks like grass).
+FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
 OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES
 
 CROP = 128
-TRAIN_ROWS = (0, 300)  # train crops lie wholly in rows [0, 300)
-TEST_ROWS = (320, 512)  # test crops lie wholly in rows [320, 512): a 20-row gap, no overlap
-TRAIN_STRIDE = (16, 24)
+TILE = 160  # a 3 x 3 grid of 160 px tiles, centred in the 512 px photo
+TILE_MARGIN = 16
+N_TEST_TILES = 2
+TRAIN_STRIDE = 8
 
 
 def texture_photo(name: str) -> np.ndarray:
@@ -90,9 +94,10 @@ def hole(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple
 
 
 def stain(crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A smudge: texture detail washed out and the tone shifted, fading out at the edge."""
     blob = gaussian_filter(_random_blob(rng, crop.shape[0], (10, 22)), 2)
-    tone = rng.uniform(0.35, 0.6)
-    out = crop * (1 - blob) + (crop * tone + 40 * tone) * blob
+    smeared = gaussian_filter(crop.astype(np.float64), 3) * rng.uniform(0.6, 0.8)
+    out = crop * (1 - blob) + smeared * blob
     return out.clip(0, 255).astype(np.uint8), blob > 0.5
 
 
@@ -120,20 +125,22 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 def build_texture(name: str, root: Path, seed: int = 0, n_test_good: int = 40, n_per_defect: int = 12) -> dict:
     """Write one texture category; return its description (what is real, what is synthetic)."""
     photo = texture_photo(name)
-    donor = texture_photo(TEXTURES[(TEXTURES.index(name) + 1) % len(TEXTURES)])
+    donor = texture_photo(FOREIGN_DONOR[name])
     rng = np.random.default_rng(seed)
     category = root / name
-    train_positions = [
-        (y, x)
-        for y in range(TRAIN_ROWS[0], TRAIN_ROWS[1] - CROP + 1, TRAIN_STRIDE[0])
-        for x in range(0, photo.shape[1] - CROP + 1, TRAIN_STRIDE[1])
-    ]
+    # Tiles spread both sets over the whole photo (its content drifts from top to bottom),
+    # while every crop stays inside its tile: no test crop overlaps a train crop.
+    tiles = [(TILE_MARGIN + TILE * row, TILE_MARGIN + TILE * col) for row in range(3) for col in range(3)]
+    test_tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), N_TEST_TILES, replace=False))]
+    train_tiles = [tile for tile in tiles if tile not in test_tiles]
+    offsets = range(0, TILE - CROP + 1, TRAIN_STRIDE)
+    train_positions = [(ty + dy, tx + dx) for ty, tx in train_tiles for dy in offsets for dx in offsets]
     for i, (y, x) in enumerate(train_positions):
         _save_png(photo[y : y + CROP, x : x + CROP], category / "train" / "good" / f"{i:03d}.png")
 
     def test_crop() -> np.ndarray:
-        y = int(rng.integers(TEST_ROWS[0], TEST_ROWS[1] - CROP + 1))
-        x = int(rng.integers(0, photo.shape[1] - CROP + 1))
+        tile_y, tile_x = test_tiles[int(rng.integers(len(test_tiles)))]
+        y, x = tile_y + int(rng.integers(TILE - CROP + 1)), tile_x + int(rng.integers(TILE - CROP + 1))
         return photo[y : y + CROP, x : x + CROP]
 
     for i in range(n_test_good):
@@ -148,7 +155,8 @@ def build_texture(name: str, root: Path, seed: int = 0, n_test_good: int = 40, n
         "train_images": len(train_positions),
         "test_good": n_test_good,
         "test_defective": n_per_defect * len(DEFECTS),
-        "split": f"train crops in rows {TRAIN_ROWS}, test crops in rows {TEST_ROWS}: no overlap",
+        "split": f"{TILE} px tiles (y, x) {test_tiles} hold the test crops, the other tiles the train crops: "
+        "no overlap",
         "seed": seed,
     }
 

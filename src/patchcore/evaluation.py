@@ -1,0 +1,130 @@
+"""Fit and evaluate per category: metrics, timings, memory; results as a table, JSON and Markdown."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchcore.datasets import Category, load_mask
+from patchcore.images import load_image
+from patchcore.metrics import PixelMetrics, image_auroc
+from patchcore.model import PatchCore
+from patchcore.persistence import atomic_write_bytes
+from patchcore.visualize import display_range, overlay
+
+
+@dataclass
+class CategoryResult:
+    category: str
+    image_auroc: float
+    pixel_auroc: float | None  # None: the category has no masks (not 0)
+    pro: float | None
+    fit_seconds: float
+    seconds_per_image: float
+    peak_memory_mb: float
+    memory_bank_size: int
+    n_train: int
+    n_test: int
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def evaluate_category(
+    category: Category,
+    make_model: Callable[[], PatchCore],
+    maps_dir: Path | None = None,
+) -> CategoryResult:
+    started = time.perf_counter()
+    model = make_model().fit(list(category.train_images))
+    fit_seconds = time.perf_counter() - started
+
+    pixel_metrics = PixelMetrics() if category.has_masks else None
+    labels, scores = [], []
+    started = time.perf_counter()
+    predictions = model.iter_predict([s.image for s in category.test_samples])
+    for sample, prediction in zip(category.test_samples, predictions):
+        labels.append(int(sample.is_anomalous))
+        scores.append(prediction.score)
+        if pixel_metrics is not None:
+            size = (prediction.anomaly_map.shape[1], prediction.anomaly_map.shape[0])
+            mask = load_mask(sample.mask, size) if sample.mask else np.zeros(size[::-1], dtype=bool)
+            pixel_metrics.update(prediction.anomaly_map, mask)
+        if maps_dir is not None:
+            _save_overlay(model, sample.image, prediction.anomaly_map, maps_dir / category.name / sample.defect_type)
+    inference_seconds = time.perf_counter() - started
+    return CategoryResult(
+        category=category.name,
+        image_auroc=image_auroc(np.array(labels), np.array(scores)),
+        pixel_auroc=pixel_metrics.pixel_auroc() if pixel_metrics else None,
+        pro=pixel_metrics.pro() if pixel_metrics else None,
+        fit_seconds=fit_seconds,
+        seconds_per_image=inference_seconds / len(labels),
+        peak_memory_mb=peak_memory_mb(),
+        memory_bank_size=int(model.memory_bank_.shape[0]),
+        n_train=len(category.train_images),
+        n_test=len(labels),
+    )
+
+
+def _save_overlay(model: PatchCore, image_path: Path, anomaly_map: np.ndarray, folder: Path) -> None:
+    vmin, vmax = display_range(anomaly_map, model.nominal_map_range_)
+    buffer = io.BytesIO()
+    overlay(load_image(image_path), anomaly_map, vmin, vmax).save(buffer, format="PNG")
+    atomic_write_bytes(folder / f"{image_path.stem}.png", buffer.getvalue())
+
+
+def mean_row(results: Sequence[CategoryResult]) -> dict:
+    def mean(name: str) -> float | None:
+        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"category": "mean", **{f.name: mean(f.name) for f in fields(CategoryResult) if f.name != "category"}}
+
+
+COLUMNS = (
+    ("category", "category", "{}"),
+    ("image_auroc", "image AUROC", "{:.1f}"),
+    ("pixel_auroc", "pixel AUROC", "{:.1f}"),
+    ("pro", "PRO", "{:.1f}"),
+    ("fit_seconds", "fit s", "{:.1f}"),
+    ("seconds_per_image", "s / image", "{:.3f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("memory_bank_size", "bank size", "{:.0f}"),
+)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    lines = [header, rule]
+    for row in rows:
+        cells = [fmt.format(row[key]) if row[key] is not None else "n/a" for key, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.python_implementation()} {platform.python_version()}"
+
+
+def write_results(results: Sequence[CategoryResult], params: dict, out_dir: Path, command: str) -> str:
+    rows = [asdict(r) for r in results] + [mean_row(results)]
+    table = markdown_table(rows)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    document = {"command": command, "date": when, "machine": machine_description(), "params": params, "results": rows}
+    atomic_write_bytes(out_dir / "results.json", json.dumps(document, indent=2, default=str).encode())
+    text = f"Command: `{command}`\n\nDate: {when}. Machine: {machine_description()}.\n\n{table}\n"
+    atomic_write_bytes(out_dir / "results.md", text.encode())
+    return table

@@ -1,0 +1,58 @@
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from patchcore.cli import main
+from patchcore.offline_benchmarks import texture_photo
+
+
+def small_texture_category(root: Path) -> None:
+    """A tiny real-texture category: train/test crops of the brick photo, two pasted defects with masks."""
+    photo = texture_photo("brick")
+    donor = texture_photo("gravel")
+    category = root / "brick"
+    for i in range(10):
+        Image.fromarray(photo[0:128, 32 * i : 32 * i + 128]).save(_mk(category / "train" / "good" / f"{i}.png"))
+    for i in range(3):
+        Image.fromarray(photo[384:512, 100 * i : 100 * i + 128]).save(_mk(category / "test" / "good" / f"{i}.png"))
+    for i in range(2):
+        crop = photo[300:428, 150 * i : 150 * i + 128].copy()
+        mask = np.zeros_like(crop)
+        crop[40:70, 30:60] = donor[:30, :30]
+        mask[40:70, 30:60] = 255
+        Image.fromarray(crop).save(_mk(category / "test" / "paste" / f"{i}.png"))
+        Image.fromarray(mask).save(_mk(category / "ground_truth" / "paste" / f"{i}_mask.png"))
+
+
+def _mk(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_evaluate_command_writes_table_json_and_maps(tmp_path: Path) -> None:
+    small_texture_category(tmp_path / "data")
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "eval"), "--save-maps",
+         "--coreset-ratio", "0.1", "--holdout-fraction", "0"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "eval" / "results.json").read_text())
+    brick, mean = document["results"]
+    assert brick["category"] == "brick" and mean["category"] == "mean"
+    assert brick["image_auroc"] == 100.0  # both pasted squares outscore the three good crops
+    assert 90.0 < brick["pixel_auroc"] <= 100.0 and 50.0 < brick["pro"] <= 100.0
+    assert brick["n_train"] == 10 and brick["n_test"] == 5
+    assert "| brick | 100.0 |" in (tmp_path / "eval" / "results.md").read_text()
+    assert len(list((tmp_path / "eval" / "maps" / "brick").rglob("*.png"))) == 5
+
+
+def test_evaluate_checks_every_category_before_fitting(tmp_path: Path) -> None:
+    small_texture_category(tmp_path / "data")
+    (tmp_path / "data" / "brick" / "ground_truth" / "paste" / "1_mask.png").unlink()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "eval")])
+    assert result.exit_code != 0 and "1_mask.png is missing" in result.output

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from patchcore.metrics import PixelMetrics, image_auroc
+
+
+@pytest.fixture()
+def two_regions() -> np.ndarray:
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[2:6, 2:6] = True  # region A, 16 px
+    mask[12:16, 12:16] = True  # region B, 16 px, not touching A
+    return mask
+
+
+def pixel_metrics(*pairs) -> PixelMetrics:
+    metrics = PixelMetrics()
+    for amap, mask in pairs:
+        metrics.update(amap, mask)
+    return metrics
+
+
+def test_perfect_map_scores_100(two_regions) -> None:
+    metrics = pixel_metrics((two_regions * 1.0, two_regions))
+    assert metrics.pixel_auroc() == pytest.approx(100.0)
+    assert metrics.pro() == pytest.approx(100.0)
+
+
+def test_one_region_found_one_missed_by_hand(two_regions) -> None:
+    amap = np.zeros((20, 20))
+    amap[2:6, 2:6] = 1.0  # A ranked above everything, B tied with the good pixels
+    metrics = pixel_metrics((amap, two_regions))
+    # ROC: (0,0) -> (0, 0.5) -> (1, 1): area 0.5 + 0.25.
+    assert metrics.pixel_auroc() == pytest.approx(75.0)
+    # PRO curve (0,0) -> (0, 0.5) -> (1, 1): mean overlap 0.5 + 0.5 * fpr; area over [0, 0.3]
+    # = 0.15 + 0.0225, divided by 0.3 = 0.575.
+    assert metrics.pro() == pytest.approx(57.5)
+
+
+def test_constant_map_is_chance(two_regions) -> None:
+    metrics = pixel_metrics((np.full((20, 20), 3.0), two_regions))
+    assert metrics.pixel_auroc() == pytest.approx(50.0)
+    # The diagonal from (0, 0) to (1, 1): area 0.045 over [0, 0.3], / 0.3 = 0.15.
+    assert metrics.pro() == pytest.approx(15.0)
+
+
+def test_pro_weights_regions_equally_not_pixels() -> None:
+    mask = np.zeros((30, 30), dtype=bool)
+    mask[0:10, 0:10] = True  # a big region, 100 px, found
+    mask[20, 20] = True  # a one-pixel region, missed
+    amap = np.zeros((30, 30))
+    amap[0:10, 0:10] = 1.0
+    metrics = pixel_metrics((amap, mask))
+    assert metrics.pro() == pytest.approx(57.5)  # same as two equal regions: per-region mean
+    assert metrics.pixel_auroc() > 99.0  # pixel AUROC is dominated by the big region
+
+
+def test_eight_connected_regions_are_one() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2, 2] = mask[3, 3] = True  # diagonal neighbours: one region under 8-connectivity
+    metrics = pixel_metrics((mask * 1.0, mask))
+    assert len(metrics.regions) == 1
+
+
+def test_pro_never_exceeds_100_and_matches_sklearn_auroc_on_random_maps() -> None:
+    rng = np.random.default_rng(0)
+    metrics = PixelMetrics()
+    all_scores, all_labels = [], []
+    for _ in range(6):
+        mask = np.zeros((40, 40), dtype=bool)
+        y, x = rng.integers(0, 30, 2)
+        mask[y : y + 8, x : x + 8] = True
+        amap = rng.gamma(2.0, 1.0, (40, 40)) + 2.0 * mask * rng.random((40, 40))
+        amap *= rng.uniform(0.5, 4.0)  # later maps exceed the first map's range: the bins must grow
+        metrics.update(amap, mask)
+        all_scores.append(amap.ravel())
+        all_labels.append(mask.ravel())
+    exact = 100 * roc_auc_score(np.concatenate(all_labels), np.concatenate(all_scores))
+    assert metrics.pixel_auroc() == pytest.approx(exact, abs=0.05)
+    assert 0.0 <= metrics.pro() <= 100.0
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        PixelMetrics().update(np.zeros((4, 4)), np.zeros((4, 5), dtype=bool))
+    with pytest.raises(ValueError, match="non-negative"):
+        PixelMetrics().update(-np.ones((4, 4)), np.zeros((4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="both"):
+        pixel_metrics((np.ones((4, 4)), np.zeros((4, 4), dtype=bool))).pixel_auroc()
+    with pytest.raises(ValueError, match="both good and defective"):
+        image_auroc(np.array([1, 1]), np.array([0.2, 0.3]))
+
+
+def test_image_auroc_in_percent() -> None:
+    assert image_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(75.0)

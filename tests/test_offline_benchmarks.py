@@ -1,0 +1,47 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchcore.datasets import load_category
+from patchcore.errors import DatasetError
+from patchcore.offline_benchmarks import CROP, DEFECTS, build_offline_benchmarks
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_offline_benchmarks(tmp_path_factory.mktemp("offline"), ("gravel", "elpv_mono"))
+
+
+def test_texture_category_has_every_defect_with_a_mask(built: Path) -> None:
+    category = load_category(built, "gravel")
+    assert category.has_masks
+    types = {s.defect_type for s in category.test_samples}
+    assert types == {"good", *DEFECTS}
+    for sample in category.test_samples:
+        if sample.mask is not None:
+            mask = np.asarray(Image.open(sample.mask)) > 0
+            assert mask.shape == (CROP, CROP) and 0 < mask.sum() < mask.size / 4
+
+
+def test_texture_build_is_deterministic(built: Path, tmp_path: Path) -> None:
+    again = build_offline_benchmarks(tmp_path, ("gravel",))
+    for relative in ("train/good/000.png", "test/scratch/003.png", "ground_truth/hole/005_mask.png"):
+        assert (built / "gravel" / relative).read_bytes() == (again / "gravel" / relative).read_bytes()
+
+
+def test_elpv_split_keeps_train_and_test_apart(built: Path) -> None:
+    category = load_category(built, "elpv_mono")
+    assert not category.has_masks  # image-level labels only
+    train = {p.name for p in category.train_images}
+    test_good = {s.image.name for s in category.test_samples if not s.is_anomalous}
+    assert train and test_good and not (train & test_good)
+    info = json.loads((built / "benchmark.json").read_text())["elpv_mono"]
+    assert info["train_images"] == len(train) and info["test_defective"] == 313
+
+
+def test_unknown_category_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown offline categories"):
+        build_offline_benchmarks(tmp_path, ("carpet",))
