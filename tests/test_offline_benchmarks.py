@@ -45,3 +45,13 @@ def test_elpv_split_keeps_train_and_test_apart(built: Path) -> None:
 def test_unknown_category_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="unknown offline categories"):
         build_offline_benchmarks(tmp_path, ("carpet",))
+
+
+def test_missing_source_package_is_named(monkeypatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "elpv_dataset" else real_find_spec(name))
+    with pytest.raises(DatasetError, match="pip install 'elpv-dataset==1.0.0.post1'"):
+        build_offline_benchmarks(tmp_path, ("elpv_poly", "brick"))
+    assert not any(tmp_path.iterdir())  # nothing written

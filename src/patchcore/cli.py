@@ -140,7 +140,8 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
 
 @main.command()
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--categories", default=None, help="Comma-separated subset (default: every category under ROOT).")
+@click.option("--categories", default=None,
+              help="Comma-separated subset, or 'mvtec' for the 15 MVTec AD categories (default: all under ROOT).")
 @click.option("--out", "out_dir", default=Path("evaluation"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for results.json and results.md.")
 @click.option("--save-maps", is_flag=True, help="Also write heatmap overlays of every test image.")
@@ -149,10 +150,13 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import sys
 
-    from patchcore.datasets import discover_categories, load_category
+    from patchcore.datasets import MVTEC_CATEGORIES, discover_categories, load_category
     from patchcore.evaluation import evaluate_category, write_results
 
-    names = categories.split(",") if categories else discover_categories(root)
+    if categories == "mvtec":
+        names = list(MVTEC_CATEGORIES)
+    else:
+        names = categories.split(",") if categories else discover_categories(root)
     loaded = [load_category(root, name) for name in names]  # check every layout before the long work
     results = []
     for category in loaded:
@@ -187,11 +191,19 @@ def datasets() -> None:
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--categories", default=None, help="Comma-separated subset (default: all that can be built).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def build_offline(root: Path, categories: str | None, seed: int) -> None:
+@click.option("--install", is_flag=True, help="pip-install missing source packages (scikit-image, elpv-dataset).")
+def build_offline(root: Path, categories: str | None, seed: int, install: bool) -> None:
     """Write the real-data offline benchmarks (textures with synthetic defects, ELPV) under ROOT."""
-    from patchcore.offline_benchmarks import OFFLINE_CATEGORIES, build_offline_benchmarks
+    from patchcore.offline_benchmarks import (
+        OFFLINE_CATEGORIES,
+        build_offline_benchmarks,
+        install_packages,
+        missing_packages,
+    )
 
     chosen = tuple(categories.split(",")) if categories else OFFLINE_CATEGORIES
+    if install:
+        install_packages(missing_packages(chosen))
     build_offline_benchmarks(root, chosen, seed=seed, progress=True)
     click.echo(f"wrote {', '.join(chosen)} under {root} (details in {root / 'benchmark.json'})")
 

@@ -9,8 +9,11 @@ ELPV: real electroluminescence solar-cell images with real defects, image-level 
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +31,29 @@ FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
 OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES
 
+# The registry package each benchmark is built from: (import name, pip requirement).
+SOURCE_PACKAGES = {
+    **{texture: ("skimage", "scikit-image>=0.22") for texture in TEXTURES},
+    **{elpv: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for elpv in ELPV_CATEGORIES},
+}
+
 CROP = 128
 TILE = 160  # a 3 x 3 grid of 160 px tiles, centred in the 512 px photo
 TILE_MARGIN = 16
 N_TEST_TILES = 2
 TRAIN_STRIDE = 8
+
+
+def missing_packages(categories: tuple[str, ...]) -> list[str]:
+    """pip requirements of the source packages that the chosen categories need and that are not installed."""
+    needed = {SOURCE_PACKAGES[c] for c in categories}
+    return sorted(req for module, req in needed if importlib.util.find_spec(module) is None)
+
+
+def install_packages(requirements: list[str]) -> None:
+    """Install source packages from the package index into this Python environment."""
+    if requirements:
+        subprocess.run([sys.executable, "-m", "pip", "install", *requirements], check=True)
 
 
 def texture_photo(name: str) -> np.ndarray:
@@ -213,6 +234,10 @@ def build_offline_benchmarks(
     unknown = [c for c in categories if c not in OFFLINE_CATEGORIES]
     if unknown:
         raise DatasetError(f"unknown offline categories {unknown}; choose from {OFFLINE_CATEGORIES}")
+    missing = missing_packages(categories)
+    if missing:
+        quoted = " ".join(f"'{m}'" for m in missing)
+        raise DatasetError(f"missing source packages: pip install {quoted} (or pass --install)")
     root.mkdir(parents=True, exist_ok=True)
     description = {}
     for category in tqdm(categories, desc="build", disable=not progress):
