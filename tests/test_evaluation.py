@@ -47,6 +47,7 @@ def test_evaluate_command_writes_table_json_and_maps(tmp_path: Path) -> None:
     assert brick["image_auroc"] == 100.0  # both pasted squares outscore the three good crops
     assert 90.0 < brick["pixel_auroc"] <= 100.0 and 50.0 < brick["pro"] <= 100.0
     assert brick["n_train"] == 10 and brick["n_test"] == 5
+    assert brick["per_defect_image_auroc"] == {"paste": 100.0}
     assert "| brick | 100.0 |" in (tmp_path / "eval" / "results.md").read_text()
     assert len(list((tmp_path / "eval" / "maps" / "brick").rglob("*.png"))) == 5
 

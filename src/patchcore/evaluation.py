@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.datasets import Category, load_mask
+from patchcore.datasets import GOOD, Category, load_mask
 from patchcore.images import load_image
 from patchcore.metrics import PixelMetrics, image_auroc
 from patchcore.model import PatchCore
@@ -34,6 +34,7 @@ class CategoryResult:
     memory_bank_size: int
     n_train: int
     n_test: int
+    per_defect_image_auroc: dict[str, float] | None = None  # good vs. each defect type alone
 
 
 def peak_memory_mb() -> float:
@@ -51,12 +52,13 @@ def evaluate_category(
     fit_seconds = time.perf_counter() - started
 
     pixel_metrics = PixelMetrics() if category.has_masks else None
-    labels, scores = [], []
+    labels, scores, types = [], [], []
     started = time.perf_counter()
     predictions = model.iter_predict([s.image for s in category.test_samples])
     for sample, prediction in zip(category.test_samples, predictions):
         labels.append(int(sample.is_anomalous))
         scores.append(prediction.score)
+        types.append(sample.defect_type)
         if pixel_metrics is not None:
             size = (prediction.anomaly_map.shape[1], prediction.anomaly_map.shape[0])
             mask = load_mask(sample.mask, size) if sample.mask else np.zeros(size[::-1], dtype=bool)
@@ -75,7 +77,18 @@ def evaluate_category(
         memory_bank_size=int(model.memory_bank_.shape[0]),
         n_train=len(category.train_images),
         n_test=len(labels),
+        per_defect_image_auroc=per_defect_auroc(np.array(types), np.array(scores)),
     )
+
+
+def per_defect_auroc(types: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Image AUROC of the good images against each defect type on its own: which defects are missed."""
+    good = types == GOOD
+    return {
+        defect: image_auroc(np.r_[np.zeros(good.sum()), np.ones((types == defect).sum())],
+                            np.r_[scores[good], scores[types == defect]])
+        for defect in sorted(set(types.tolist()) - {GOOD})
+    }
 
 
 def _save_overlay(model: PatchCore, image_path: Path, anomaly_map: np.ndarray, folder: Path) -> None:
@@ -90,7 +103,8 @@ def mean_row(results: Sequence[CategoryResult]) -> dict:
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
         return float(np.mean(values)) if values else None
 
-    return {"category": "mean", **{f.name: mean(f.name) for f in fields(CategoryResult) if f.name != "category"}}
+    skip = ("category", "per_defect_image_auroc")
+    return {"category": "mean", **{f.name: mean(f.name) for f in fields(CategoryResult) if f.name not in skip}}
 
 
 COLUMNS = (
