@@ -22,7 +22,7 @@ def test_fitted_state(fitted_model, train_crops) -> None:
     n_holdout = int(np.ceil(0.1 * len(train_crops)))
     assert fitted_model.n_train_images_ == len(train_crops) - n_holdout
     assert fitted_model.feature_grid_ == (28, 28)
-    assert fitted_model.memory_bank_.shape == (int(np.ceil(0.1 * fitted_model.n_patches_seen_)), 168)
+    assert fitted_model.memory_bank_.shape == (int(np.ceil(0.1 * fitted_model.n_patches_seen_)), 152)
     assert fitted_model.nominal_scores_.shape == (n_holdout,)
 
 
@@ -36,7 +36,7 @@ def test_save_load_gives_identical_scores(fitted_model, good_test_crops, defect_
     assert all(np.array_equal(a.anomaly_map, b.anomaly_map) for a, b in zip(before, after))
     assert loaded.get_params()["coreset_ratio"] == 0.1
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["backbone"]["name"] == "efficientnet_lite2"
+    assert manifest["format_version"] == 1 and manifest["backbone"]["name"] == "efficientnet_lite0"
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["model"]  # no staging leftovers
 
 
