@@ -13,10 +13,10 @@ import click
 
 from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
 from patchcore.errors import PatchCoreError
-from patchcore.images import IMAGE_SUFFIXES, list_images, load_image
+from patchcore.images import IMAGE_SUFFIXES, list_images
 from patchcore.model import PatchCore, Prediction
 from patchcore.persistence import atomic_write_bytes
-from patchcore.visualize import display_range, overlay
+from patchcore.visualize import write_overlay
 
 
 class _Group(click.Group):
@@ -112,11 +112,8 @@ def write_predictions(model: PatchCore, predictions: Sequence[Prediction], names
     atomic_write_bytes(out_dir / "scores.csv", text.getvalue().encode())
     atomic_write_bytes(out_dir / "scores.json", json.dumps(rows, indent=2).encode())
     for prediction, name in zip(predictions, names):
-        vmin, vmax = display_range(prediction.anomaly_map, model.nominal_map_range_)
-        picture = overlay(load_image(prediction.source), prediction.anomaly_map, vmin, vmax)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        atomic_write_bytes(out_dir / "heatmaps" / f"{name}.png", buffer.getvalue())
+        write_overlay(out_dir / "heatmaps" / f"{name}.png", prediction.source, prediction.anomaly_map,
+                      model.nominal_map_range_)
 
 
 @main.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import resource
@@ -15,11 +14,10 @@ import numpy as np
 import torch
 
 from patchcore.datasets import GOOD, Category, load_mask
-from patchcore.images import load_image
 from patchcore.metrics import PixelMetrics, image_auroc
 from patchcore.model import PatchCore
 from patchcore.persistence import atomic_write_bytes
-from patchcore.visualize import display_range, overlay
+from patchcore.visualize import write_overlay
 
 
 @dataclass
@@ -64,7 +62,9 @@ def evaluate_category(
             mask = load_mask(sample.mask, size) if sample.mask else np.zeros(size[::-1], dtype=bool)
             pixel_metrics.update(prediction.anomaly_map, mask)
         if maps_dir is not None:
-            _save_overlay(model, sample.image, prediction.anomaly_map, maps_dir / category.name / sample.defect_type)
+            folder = maps_dir / category.name / sample.defect_type
+            write_overlay(folder / f"{sample.image.stem}.png", sample.image, prediction.anomaly_map,
+                          model.nominal_map_range_)
     inference_seconds = time.perf_counter() - started
     return CategoryResult(
         category=category.name,
@@ -89,13 +89,6 @@ def per_defect_auroc(types: np.ndarray, scores: np.ndarray) -> dict[str, float]:
                             np.r_[scores[good], scores[types == defect]])
         for defect in sorted(set(types.tolist()) - {GOOD})
     }
-
-
-def _save_overlay(model: PatchCore, image_path: Path, anomaly_map: np.ndarray, folder: Path) -> None:
-    vmin, vmax = display_range(anomaly_map, model.nominal_map_range_)
-    buffer = io.BytesIO()
-    overlay(load_image(image_path), anomaly_map, vmin, vmax).save(buffer, format="PNG")
-    atomic_write_bytes(folder / f"{image_path.stem}.png", buffer.getvalue())
 
 
 def mean_row(results: Sequence[CategoryResult]) -> dict:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
+from patchcore.images import ImageInput, load_image
+from patchcore.persistence import atomic_write_bytes
 
 # Anchors of a perceptually ordered dark-blue -> yellow -> red ramp.
 _RAMP_POSITIONS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -33,3 +39,13 @@ def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float
         return float(anomaly_map.min()), float(anomaly_map.max())
     median, peak = nominal_map_range
     return median, peak + (peak - median)
+
+
+def write_overlay(
+    path: Path, image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None
+) -> None:
+    """Write the heatmap overlay of `image` as a PNG at `path`, atomically."""
+    vmin, vmax = display_range(anomaly_map, nominal_map_range)
+    buffer = io.BytesIO()
+    overlay(load_image(image), anomaly_map, vmin, vmax).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
