@@ -75,3 +75,20 @@ def test_every_command_has_help() -> None:
                     ["datasets", "build-offline", "--help"], ["backbones"]):
         result = run(*command)
         assert result.exit_code == 0 and result.output.strip(), command
+
+
+def test_fit_and_predict_with_a_baseline_method(image_folder: Path, defect_crop, tmp_path: Path) -> None:
+    result = run("fit", image_folder, "--out", tmp_path / "padim", "--method", "padim", "--n-channels", "40")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "padim" / "manifest.json").read_text())["method"] == "padim"
+    Image.fromarray(defect_crop[0]).save(tmp_path / "defect.png")
+    result = run("predict", tmp_path / "padim", tmp_path / "defect.png", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "out" / "scores.json").read_text())) == 1
+
+
+def test_an_option_the_method_does_not_use_is_refused(image_folder: Path, tmp_path: Path) -> None:
+    result = run("fit", image_folder, "--out", tmp_path / "m", "--method", "spade", "--coreset-ratio", "0.5")
+    assert result.exit_code != 0
+    assert "--coreset-ratio" in result.output and "spade" in result.output
+    assert not (tmp_path / "m").exists()

@@ -40,3 +40,30 @@ def test_feature_dim_larger_than_the_taps_is_refused() -> None:
 def test_unknown_layer_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown layers"):
         FeatureExtractor(load_backbone("efficientnet_lite0"), ("layer2",), 3, 40)
+
+
+def test_stride_takes_every_second_window_of_the_patch_grid() -> None:
+    backbone = load_backbone("efficientnet_lite0")
+    dense = FeatureExtractor(backbone, ("blocks.4",), 3, 40)
+    strided = FeatureExtractor(backbone, ("blocks.4",), 3, 40, stride=2)
+    images = torch.randn(1, 3, 224, 224)
+    full, sparse = dense(images), strided(images)
+    assert sparse.shape == (1, 14, 14, 40)
+    assert torch.allclose(sparse[0, 3, 5], full[0, 6, 10], atol=1e-5)
+
+
+def test_raw_concatenation_and_global_feature() -> None:
+    backbone = load_backbone("efficientnet_lite0")
+    extractor = FeatureExtractor(backbone, ("blocks.2", "blocks.4"), 1, None, global_layer="head")
+    patches, pooled = extractor.forward_with_global(torch.randn(2, 3, 224, 224))
+    assert patches.shape == (2, 56, 56, 24 + 40) and pooled.shape == (2, 1280)
+
+
+def test_hierarchy_level_names_resolve_per_backbone() -> None:
+    from patchcore.backbones import get_backbone_spec, resolve_layers
+
+    lite0, lite2 = get_backbone_spec("efficientnet_lite0"), get_backbone_spec("efficientnet_lite2")
+    assert resolve_layers(lite0, ["level2", "level3"]) == lite0.default_layers == ("blocks.4", "blocks.10")
+    assert resolve_layers(lite2, ["level1", "blocks.9"]) == ("blocks.3", "blocks.9")
+    with pytest.raises(ValueError, match="levels 1 to 4"):
+        resolve_layers(lite0, ["level5"])

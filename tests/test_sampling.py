@@ -46,3 +46,21 @@ def test_coreset_size_bounds() -> None:
     assert coreset_size(5, 0.01) == 1
     with pytest.raises(ValueError, match="coreset_ratio"):
         coreset_size(10, 0.0)
+
+
+def _reconstruction_error(proxies: np.ndarray, points: np.ndarray) -> float:
+    import torch
+
+    points_t, proxies_t = torch.as_tensor(points), torch.as_tensor(proxies)
+    weights = torch.softmax(-torch.cdist(points_t, proxies_t), dim=1)
+    return float(((points_t - weights @ proxies_t) ** 2).sum(dim=1).mean())
+
+
+def test_learned_proxies_reconstruct_better_than_their_random_start(points: np.ndarray) -> None:
+    from patchcore.sampling import learned_proxies
+
+    start = learned_proxies(points, 60, seed=0, steps=0)
+    learned = learned_proxies(points, 60, seed=0, steps=150)
+    assert learned.shape == (60, 16)
+    assert _reconstruction_error(learned, points) < 0.8 * _reconstruction_error(start, points)
+    np.testing.assert_array_equal(learned, learned_proxies(points, 60, seed=0, steps=150))  # seeded

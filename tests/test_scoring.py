@@ -33,6 +33,9 @@ def test_image_score_applies_eq7_around_the_worst_patch() -> None:
     assert score == pytest.approx(weight * 2.0, rel=1e-6)
     model.reweight = False
     assert model._image_scores(patches, distances[:, 0][None], nearest[:, 0][None])[0] == pytest.approx(2.0)
+    # b = 1: N_1(m*) = {m*}; read as no reweighting (Eq. 7 literally would give 0 for every image).
+    model.reweight, model.num_neighbours = True, 1
+    assert model._image_scores(patches, distances[:, 0][None], nearest[:, 0][None])[0] == pytest.approx(2.0)
 
 
 def test_anomaly_map_peak_stays_where_the_patch_is() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
@@ -14,7 +15,9 @@ import click
 from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
 from patchcore.errors import PatchCoreError
 from patchcore.images import IMAGE_SUFFIXES, list_images
-from patchcore.model import PatchCore, Prediction
+from patchcore.detector import Detector, Prediction
+from patchcore.methods import METHODS, get_method, load_model
+from patchcore.model import PatchCore
 from patchcore.persistence import atomic_write_bytes
 from patchcore.visualize import write_overlay
 
@@ -37,6 +40,8 @@ def main() -> None:
 
 def _model_options(function):
     options = [
+        click.option("--method", default="patchcore", show_default=True, type=click.Choice(sorted(METHODS)),
+                     help="PatchCore, or the SPADE / PaDiM baselines on the same backbone."),
         click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
                      type=click.Choice(sorted(BACKBONES)), help="Feature extractor (see `patchcore backbones`)."),
         click.option("--weights", default=None,
@@ -44,13 +49,19 @@ def _model_options(function):
         click.option("--layers", default=None, help="Comma-separated feature taps, e.g. layer2,layer3."),
         click.option("--feature-dim", type=int, default=None, help="Patch feature dimension (default per backbone)."),
         click.option("--patch-size", type=int, default=3, show_default=True, help="Neighbourhood p of Eq. 1."),
+        click.option("--patch-stride", type=int, default=1, show_default=True, help="Stride s on the patch grid (Eq. 3)."),
         click.option("--sampler", default="greedy_coreset", show_default=True,
-                     type=click.Choice(["greedy_coreset", "random", "none"])),
+                     type=click.Choice(["greedy_coreset", "random", "learned_proxies", "none"])),
         click.option("--coreset-ratio", type=float, default=0.1, show_default=True,
                      help="Share of patches kept in the memory bank."),
         click.option("--index", default="exact", show_default=True, type=click.Choice(["exact", "ivfpq"])),
         click.option("--reweight/--no-reweight", default=True, show_default=True, help="Eq. 7 score reweighting."),
-        click.option("--num-neighbours", type=int, default=9, show_default=True, help="b of Eq. 7."),
+        click.option("--num-neighbours", type=int, default=9, show_default=True,
+                     help="b of Eq. 7 (1: no reweighting)."),
+        click.option("--n-nearest-images", type=int, default=50, show_default=True,
+                     help="SPADE: nearest training images per test image."),
+        click.option("--n-channels", type=int, default=100, show_default=True,
+                     help="PaDiM: random channels kept for the Gaussians."),
         click.option("--image-size", type=int, default=224, show_default=True, help="Centre-crop size in pixels."),
         click.option("--holdout-fraction", type=float, default=0.1, show_default=True,
                      help="Share of good images held out to measure nominal scores."),
@@ -63,9 +74,26 @@ def _model_options(function):
     return function
 
 
-def model_from_options(options: dict) -> PatchCore:
+def model_from_options(options: dict, explicit: Sequence[str] = ()) -> Detector:
+    """The detector the options describe; an option given on the command line that the method
+    does not use is an error rather than silently ignored."""
+    options = dict(options)
+    method = get_method(options.pop("method"))
     layers = options.pop("layers")
-    return PatchCore(layers=layers.split(",") if layers else None, progress=True, **options)
+    accepted = set(inspect.signature(method.__init__).parameters)
+    ignored = sorted(name for name in explicit if name in options and name not in accepted)
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise click.UsageError(f"{flags} do(es) not apply to --method {method.method}")
+    params = {name: value for name, value in options.items() if name in accepted}
+    return method(layers=layers.split(",") if layers else None, progress=True, **params)
+
+
+def explicit_options() -> list[str]:
+    """Names of the options the user typed, not left at their defaults."""
+    context = click.get_current_context()
+    return [name for name in context.params
+            if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
 @main.command()
@@ -74,12 +102,14 @@ def model_from_options(options: dict) -> PatchCore:
 @_model_options
 def fit(data_dir: Path, out_dir: Path, **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, or an MVTec category whose train/good is used)."""
-    model = model_from_options(options).fit(data_dir)
+    model = model_from_options(options, explicit_options()).fit(data_dir)
     model.save(out_dir)
-    click.echo(
-        f"fitted on {model.n_train_images_} images: memory bank {model.memory_bank_.shape[0]} x "
-        f"{model.memory_bank_.shape[1]} (from {model.n_patches_seen_} patches); saved to {out_dir}"
-    )
+    if isinstance(model, PatchCore):
+        state = (f"memory bank {model.memory_bank_.shape[0]} x {model.memory_bank_.shape[1]} "
+                 f"(from {model.n_patches_seen_} patches)")
+    else:
+        state = f"{model.method} model"
+    click.echo(f"fitted on {model.n_train_images_} images: {state}; saved to {out_dir}")
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -103,7 +133,7 @@ def output_names(files: Sequence[Path]) -> list[str]:
     return [str(p.relative_to(common).with_suffix("")).replace(os.sep, "__") for p in absolute]
 
 
-def write_predictions(model: PatchCore, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:
+def write_predictions(model: Detector, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:
     rows = [{"image": p.source, "score": p.score} for p in predictions]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["image", "score"])
@@ -125,7 +155,7 @@ def write_predictions(model: PatchCore, predictions: Sequence[Prediction], names
 @click.option("--weights", default=None, help="Backbone weights file, if not where the model was fitted.")
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None) -> None:
     """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores and heatmap overlays."""
-    model = PatchCore.load(model_dir, device=device, weights=weights)
+    model = load_model(model_dir, device=device, weights=weights)
     model.progress = True
     files = collect_images(images)
     predictions = model.predict(files)
@@ -155,11 +185,13 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     else:
         names = categories.split(",") if categories else discover_categories(root)
     loaded = [load_category(root, name) for name in names]  # check every layout before the long work
+    explicit = explicit_options()
+    model_from_options(dict(options), explicit)  # a bad option fails before the first category
     results = []
     for category in loaded:
         click.echo(f"{category.name}: {len(category.train_images)} train, {len(category.test_samples)} test images")
         result = evaluate_category(
-            category, lambda: model_from_options(dict(options)), out_dir / "maps" if save_maps else None
+            category, lambda: model_from_options(dict(options), explicit), out_dir / "maps" if save_maps else None
         )
         pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
         pro = "n/a" if result.pro is None else f"{result.pro:.1f}"

@@ -15,7 +15,8 @@ import torch
 
 from patchcore.datasets import GOOD, Category, load_mask
 from patchcore.metrics import PixelMetrics, image_auroc
-from patchcore.model import PatchCore
+from patchcore.detector import Detector
+from patchcore.ensemble import Ensemble
 from patchcore.persistence import atomic_write_bytes
 from patchcore.visualize import write_overlay
 
@@ -29,7 +30,7 @@ class CategoryResult:
     fit_seconds: float
     seconds_per_image: float
     peak_memory_mb: float
-    memory_bank_size: int
+    memory_bank_size: int | None  # None: the method keeps no memory bank
     n_train: int
     n_test: int
     per_defect_image_auroc: dict[str, float] | None = None  # good vs. each defect type alone
@@ -42,7 +43,7 @@ def peak_memory_mb() -> float:
 
 def evaluate_category(
     category: Category,
-    make_model: Callable[[], PatchCore],
+    make_model: Callable[[], Detector | Ensemble],
     maps_dir: Path | None = None,
 ) -> CategoryResult:
     started = time.perf_counter()
@@ -74,7 +75,7 @@ def evaluate_category(
         fit_seconds=fit_seconds,
         seconds_per_image=inference_seconds / len(labels),
         peak_memory_mb=peak_memory_mb(),
-        memory_bank_size=int(model.memory_bank_.shape[0]),
+        memory_bank_size=int(model.memory_bank_.shape[0]) if hasattr(model, "memory_bank_") else None,
         n_train=len(category.train_images),
         n_test=len(labels),
         per_defect_image_auroc=per_defect_auroc(np.array(types), np.array(scores)),

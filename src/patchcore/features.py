@@ -1,4 +1,4 @@
-"""Locally aware patch features: backbone taps, p x p neighbourhood averaging, level merging (Eq. 1)."""
+"""Locally aware patch features: backbone taps, p x p neighbourhood averaging with stride (Eq. 1, 3), level merging."""
 
 from __future__ import annotations
 
@@ -37,33 +37,47 @@ class FeatureExtractor(nn.Module):
         backbone: LoadedBackbone,
         layers: Sequence[str],
         patch_size: int,
-        feature_dim: int,
+        feature_dim: int | None,
+        stride: int = 1,
+        global_layer: str | None = None,
     ) -> None:
+        """`feature_dim` None keeps every tapped channel (raw concatenation, as SPADE and PaDiM use);
+        `global_layer` adds a globally pooled image vector from that stage (`forward_with_global`)."""
         super().__init__()
         steps = backbone.module.stages()
         names = [name for name, _ in steps]
-        unknown = [layer for layer in layers if layer not in names]
+        unknown = [layer for layer in (*layers, *([global_layer] if global_layer else [])) if layer not in names]
         if not layers or unknown:
             raise ValueError(
-                f"unknown layers {unknown} for backbone {backbone.spec.name!r}; choose from {names}"
+                f"unknown layers {unknown} for backbone {backbone.spec.name!r}; choose from {names} "
+                f"or level1..level{len(backbone.spec.levels)}"
             )
         if patch_size < 1 or patch_size % 2 == 0:
             raise ValueError(f"patch_size must be an odd number >= 1, got {patch_size}")
-        last = max(names.index(layer) for layer in layers)
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        last = max(names.index(layer) for layer in (*layers, *([global_layer] if global_layer else [])))
         # The forward pass stops after the deepest tap: later stages cost time and give nothing.
         self.steps = nn.ModuleList(step for _, step in steps[: last + 1])
         self.step_names = names[: last + 1]
         self.layers = tuple(layers)
+        self.global_layer = global_layer
         self.patch_size = patch_size
+        self.stride = stride
         channels = self._tap_channels()
         total = sum(channels)
+        raw = feature_dim is None
+        feature_dim = total if raw else feature_dim
         if not 1 <= feature_dim <= total:
             raise ValueError(
                 f"feature_dim must be between 1 and {total} (the tapped layers' channels {channels}), "
                 f"got {feature_dim}"
             )
         self.feature_dim = feature_dim
-        for index, (in_channels, out_channels) in enumerate(zip(channels, split_evenly(feature_dim, len(layers)))):
+        # An explicit dimension gives every level an equal share (the official code's pooling), even when
+        # it equals the total: levels with fewer channels are repeated up to their share.
+        level_dims = channels if raw else split_evenly(feature_dim, len(layers))
+        for index, (in_channels, out_channels) in enumerate(zip(channels, level_dims)):
             pooling = None if in_channels == out_channels else channel_pooling_matrix(in_channels, out_channels)
             self.register_buffer(f"pooling_{index}", pooling)
 
@@ -77,18 +91,30 @@ class FeatureExtractor(nn.Module):
         x = images
         for name, step in zip(self.step_names, self.steps):
             x = step(x)
-            if name in self.layers:
+            if name in self.layers or name == self.global_layer:
                 taps[name] = x
         return taps
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._patch_features(self._taps(images))
+
+    @torch.inference_mode()
+    def forward_with_global(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patch features (B, h, w, D), global average of `global_layer` (B, C)) from one forward pass."""
+        if self.global_layer is None:
+            raise ValueError("this feature extractor was built without a global_layer")
         taps = self._taps(images)
-        grids = [taps[layer] for layer in self.layers]
-        target = max((grid.shape[-2:] for grid in grids), key=lambda size: size[0] * size[1])
+        return self._patch_features(taps), taps[self.global_layer].mean(dim=(2, 3))
+
+    def _patch_features(self, taps: dict[str, torch.Tensor]) -> torch.Tensor:
         merged = []
+        grids = [
+            F.avg_pool2d(taps[layer], self.patch_size, stride=self.stride, padding=self.patch_size // 2)
+            for layer in self.layers
+        ]
+        target = max((grid.shape[-2:] for grid in grids), key=lambda size: size[0] * size[1])
         for index, grid in enumerate(grids):
-            grid = F.avg_pool2d(grid, self.patch_size, stride=1, padding=self.patch_size // 2)
             pooling = getattr(self, f"pooling_{index}")
             if pooling is not None:
                 # Channel pooling is per-pixel linear, so it commutes with the bilinear upsampling:

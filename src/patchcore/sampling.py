@@ -1,4 +1,4 @@
-"""Memory-bank subsampling: greedy k-center coreset (Algorithm 1), random, or none."""
+"""Memory-bank subsampling: greedy k-center coreset (Algorithm 1), random, learned basis proxies (Eq. 8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-SAMPLERS = ("greedy_coreset", "random")
+SAMPLERS = ("greedy_coreset", "random", "learned_proxies")
 
 
 def coreset_size(n_total: int, ratio: float) -> int:
@@ -74,6 +74,43 @@ def _minimum(running: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tensor)
 
 def random_subsample(n_total: int, n_select: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_total, size=n_select, replace=False))
+
+
+def learned_proxies(
+    features: np.ndarray,
+    n_proxies: int,
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int = 512,
+    learning_rate: float = 0.03,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """`n_proxies` learned vectors that reconstruct the features (the seed's Eq. 8 ablation).
+
+    Each feature m is rebuilt as sum_k w_k p_k with w = softmax_k(-||m - p_k||); the proxies start as a
+    seeded random subset and are fitted with Adam on mini-batches to minimise ||m - sum_k w_k p_k||^2.
+    The seed prints the weight as exp(+||m - p_k||): a weight that grows with distance rebuilds m
+    from its farthest proxies, which cannot reconstruct anything, so the sign is flipped here.
+    Returns new vectors (n_proxies, D), not a subset of the rows.
+    """
+    n_total = len(features)
+    if not 1 <= n_proxies <= n_total:
+        raise ValueError(f"n_proxies must be in [1, {n_total}], got {n_proxies}")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.as_tensor(np.ascontiguousarray(features), dtype=torch.float32)
+    start = torch.randperm(n_total, generator=generator)[:n_proxies]
+    proxies = points[start].clone().to(device).requires_grad_(True)
+    optimiser = torch.optim.Adam([proxies], lr=learning_rate)
+    for _ in tqdm(range(steps), desc="proxies", disable=not progress, leave=False, mininterval=1.0):
+        batch = points[torch.randint(n_total, (min(batch_size, n_total),), generator=generator)].to(device)
+        weights = torch.softmax(-torch.cdist(batch, proxies), dim=1)
+        loss = ((batch - weights @ proxies) ** 2).sum(dim=1).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return proxies.detach().cpu().numpy()
 
 
 def covering_radius(features: np.ndarray, selected: np.ndarray, chunk: int = 4096) -> float:

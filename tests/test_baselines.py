@@ -1,0 +1,79 @@
+"""SPADE, PaDiM and ensembles: the same real-data checks as PatchCore, and loading by method."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from patchcore.ensemble import Ensemble
+from patchcore.errors import ModelFileError
+from patchcore.images import load_image
+from patchcore.methods import load_model
+from patchcore.model import PatchCore
+from patchcore.padim import Padim
+from patchcore.spade import Spade
+
+
+@pytest.fixture(scope="module", params=["spade", "padim"])
+def baseline(request, train_crops):
+    model = Spade(n_nearest_images=10) if request.param == "spade" else Padim(n_channels=60)
+    return model.fit(train_crops)
+
+
+def test_baseline_finds_and_locates_the_pasted_defect(baseline, good_test_crops, defect_crop) -> None:
+    image, (top, left, size) = defect_crop
+    prediction = baseline.predict([image])[0]
+    assert prediction.score > baseline.score_samples(good_test_crops).max()
+    peak_y, peak_x = np.unravel_index(prediction.anomaly_map.argmax(), prediction.anomaly_map.shape)
+    assert top <= peak_y < top + size and left <= peak_x < left + size
+
+
+def test_baseline_round_trips_through_load_model(baseline, good_test_crops, defect_crop, tmp_path: Path) -> None:
+    images = good_test_crops[:2] + [defect_crop[0]]
+    baseline.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert type(loaded) is type(baseline)
+    assert [p.score for p in loaded.predict(images)] == [p.score for p in baseline.predict(images)]
+    with pytest.raises(ModelFileError, match="not 'patchcore'"):
+        PatchCore.load(tmp_path / "model")
+
+
+def test_padim_gaussians_live_on_the_level1_grid(train_crops) -> None:
+    padim = Padim(n_channels=50).fit(train_crops[:12])
+    assert padim.feature_grid_ == (56, 56)  # stride 4 at 224 px
+    assert padim.means_.shape == (56 * 56, 50)
+    assert padim.inverse_covariances_.shape == (56 * 56, 50, 50)
+    # 24 + 40 + 112 channels of Lite0's levels 1-3; a seeded subset of them.
+    assert padim.channels_.max() < 176 and len(set(padim.channels_.tolist())) == 50
+
+
+def test_padim_from_one_image_uses_the_epsilon_covariance(train_crops) -> None:
+    padim = Padim(n_channels=20, covariance_epsilon=0.5).fit(train_crops[:1])
+    np.testing.assert_allclose(padim.inverse_covariances_[0], np.eye(20) / 0.5, rtol=1e-5)
+
+
+def test_spade_image_score_is_the_mean_distance_to_the_nearest_training_images(train_crops) -> None:
+    spade = Spade(n_nearest_images=3, holdout_fraction=0.0).fit(train_crops[:8])
+    # A training image's nearest training image is itself (distance 0), then two others.
+    batch = torch.stack([spade.preprocessor_(load_image(train_crops[0]))])
+    _, pooled = spade.extractor_.forward_with_global(batch)
+    distances = np.linalg.norm(spade.train_global_features_ - pooled.numpy(), axis=1)
+    expected = np.sort(distances)[:3].mean()
+    assert spade.score_samples([train_crops[0]])[0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_ensemble_normalises_with_held_out_good_images(train_crops, good_test_crops, defect_crop) -> None:
+    ensemble = Ensemble([PatchCore(coreset_ratio=0.1), Padim(n_channels=50)]).fit(train_crops)
+    for member, (mean, spread) in zip(ensemble.members, ensemble.score_scales_):
+        assert mean == pytest.approx(member.nominal_scores_.mean())
+        assert spread == pytest.approx(member.nominal_scores_.std(ddof=1))
+    members = [m.score_samples([defect_crop[0]])[0] for m in ensemble.members]
+    expected = np.mean([(s - mean) / spread for s, (mean, spread) in zip(members, ensemble.score_scales_)])
+    assert ensemble.score_samples([defect_crop[0]])[0] == pytest.approx(expected)
+    assert ensemble.score_samples([defect_crop[0]])[0] > ensemble.score_samples(good_test_crops).max()
+
+
+def test_ensemble_needs_held_out_images(train_crops) -> None:
+    with pytest.raises(ValueError, match="held-out"):
+        Ensemble([PatchCore(holdout_fraction=0.0)]).fit(train_crops[:12])
