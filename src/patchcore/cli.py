@@ -204,6 +204,38 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
 
 
 @main.command()
+@click.argument("name", type=click.Choice(["subsamplers", "bank-usage", "patch-size-levels", "stride", "reweighting",
+                                           "search-index", "baselines", "low-shot", "ensembles", "timing", "all"]))
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--categories", default=None,
+              help="Comma-separated subset, or 'mvtec' for the 15 MVTec AD categories (default: all under ROOT).")
+@click.option("--out", "out_dir", default=Path("experiments"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for NAME.md and NAME.json.")
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, type=click.Choice(sorted(BACKBONES)))
+@click.option("--weights", default=None, help="Backbone weights: a state-dict file, 'torch-hub', or 'random'.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=int, default=3, show_default=True, help="Low-shot: random draws of training images.")
+def experiment(name: str, root: Path, categories: str | None, out_dir: Path, backbone: str, weights: str | None,
+               seed: int, seeds: int) -> None:
+    """Run one of the paper's experiments (or all) on the categories under ROOT; write its table."""
+    import sys
+
+    from patchcore.datasets import MVTEC_CATEGORIES, discover_categories, load_category
+    from patchcore.experiments import EXPERIMENTS, run_experiment
+
+    if categories == "mvtec":
+        names = list(MVTEC_CATEGORIES)
+    else:
+        names = categories.split(",") if categories else discover_categories(root)
+    loaded = [load_category(root, category) for category in names]
+    command = "patchcore " + " ".join(sys.argv[1:])
+    for chosen in EXPERIMENTS if name == "all" else [name]:
+        table = run_experiment(chosen, loaded, out_dir, command, seed=seed, backbone=backbone, weights=weights, seeds=seeds,
+                               log=lambda line: click.echo(line, err=True))
+        click.echo(f"{table.title}\n{table.markdown()}\nwrote {out_dir / (chosen + '.md')}")
+
+
+@main.command()
 def backbones() -> None:
     """List the backbones, their default taps and where their weights come from."""
     for name, spec in sorted(BACKBONES.items()):

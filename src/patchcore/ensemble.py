@@ -30,6 +30,16 @@ class Ensemble:
         items = expand_image_inputs(images)
         for member in self.members:
             member.fit(items)
+        return self._calibrate()
+
+    @classmethod
+    def from_fitted(cls, members: Sequence[Detector]) -> "Ensemble":
+        """An ensemble of members that are already fitted (each on the same good images)."""
+        return cls(members)._calibrate()
+
+    def _calibrate(self) -> "Ensemble":
+        for member in self.members:
+            member._check_fitted()
             if len(member.nominal_scores_) < 2 or member.nominal_map_range_ is None:
                 raise ValueError(
                     f"{type(member).__name__} member has no held-out good images to normalise with: "
@@ -39,6 +49,8 @@ class Ensemble:
             (float(m.nominal_scores_.mean()), float(max(m.nominal_scores_.std(ddof=1), 1e-12))) for m in self.members
         ]
         self.map_scales_ = [(low, max(high - low, 1e-12)) for low, high in (m.nominal_map_range_ for m in self.members)]
+        # Normalised maps put the nominal median at 0 and the nominal maximum at 1: the display range.
+        self.nominal_map_range_ = (0.0, 1.0)
         return self
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:

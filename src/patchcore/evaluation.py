@@ -46,10 +46,19 @@ def evaluate_category(
     make_model: Callable[[], Detector | Ensemble],
     maps_dir: Path | None = None,
 ) -> CategoryResult:
+    """Fit a fresh model on the category's good training images, then evaluate it on its test set."""
     started = time.perf_counter()
     model = make_model().fit(list(category.train_images))
-    fit_seconds = time.perf_counter() - started
+    return evaluate_fitted(category, model, time.perf_counter() - started, maps_dir)
 
+
+def evaluate_fitted(
+    category: Category,
+    model: Detector | Ensemble,
+    fit_seconds: float,
+    maps_dir: Path | None = None,
+) -> CategoryResult:
+    """Metrics of an already fitted model on the category's test set."""
     pixel_metrics = PixelMetrics() if category.has_masks else None
     labels, scores, types = [], [], []
     started = time.perf_counter()

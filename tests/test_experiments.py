@@ -1,0 +1,57 @@
+"""The experiment runner on a tiny MVTec-layout category built from real brick crops."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchcore.datasets import load_category
+from patchcore.experiments import run_experiment
+from tests.conftest import paste_defect
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory, train_crops, good_test_crops, brick) -> Path:
+    from patchcore.offline_benchmarks import texture_photo
+
+    root = tmp_path_factory.mktemp("tiny")
+    category = root / "brick"
+    for folder in ("train/good", "test/good", "test/patch", "ground_truth/patch"):
+        (category / folder).mkdir(parents=True)
+    for i, crop in enumerate(train_crops[:12]):
+        Image.fromarray(crop).save(category / "train" / "good" / f"{i:03d}.png")
+    for i, crop in enumerate(good_test_crops[:4]):
+        Image.fromarray(crop).save(category / "test" / "good" / f"{i:03d}.png")
+    donor = texture_photo("gravel")[100:140, 100:140]
+    for i, crop in enumerate(good_test_crops[4:8]):
+        top, left = 20 + 10 * i, 30
+        Image.fromarray(paste_defect(crop, top, left, 24, donor)).save(category / "test" / "patch" / f"{i:03d}.png")
+        mask = np.zeros(crop.shape[:2], dtype=np.uint8)
+        mask[top : top + 24, left : left + 24] = 255
+        Image.fromarray(mask).save(category / "ground_truth" / "patch" / f"{i:03d}_mask.png")
+    return root
+
+
+def test_reweighting_table_is_written_with_its_command(tiny_root: Path, tmp_path: Path) -> None:
+    category = load_category(tiny_root, "brick")
+    table = run_experiment("reweighting", [category], tmp_path, "patchcore experiment reweighting ROOT", log=lambda _: None)
+    rows = {row["Eq. 7"]: row for row in table.rows}
+    assert list(rows) == ["off", "b = 1", "b = 3", "b = 9"]
+    assert rows["b = 1"]["brick"] == rows["off"]["brick"]  # b = 1 reads as no reweighting
+    assert rows["b = 9"]["brick"] == 100.0  # pasted gravel squares are easy
+    text = (tmp_path / "reweighting.md").read_text()
+    assert "patchcore experiment reweighting ROOT" in text and "| b = 9 | 100.0 | 100.0 |" in text
+    assert json.loads((tmp_path / "reweighting.json").read_text())["rows"][3]["mean"] == 100.0
+
+
+def test_a_smaller_coreset_uses_more_of_its_bank(tiny_root: Path, tmp_path: Path) -> None:
+    table = run_experiment("bank-usage", [load_category(tiny_root, "brick")], tmp_path, "cmd", log=lambda _: None)
+    usage = {row["bank"]: row["brick"] for row in table.rows}
+    assert usage["100 %"] < usage["10 % coreset"] < usage["1 % coreset"] <= 100.0
+
+
+def test_unknown_experiment_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown experiment 'fig9'"):
+        run_experiment("fig9", [], tmp_path, "cmd")
