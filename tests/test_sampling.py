@@ -64,3 +64,17 @@ def test_learned_proxies_reconstruct_better_than_their_random_start(points: np.n
     assert learned.shape == (60, 16)
     assert _reconstruction_error(learned, points) < 0.8 * _reconstruction_error(start, points)
     np.testing.assert_array_equal(learned, learned_proxies(points, 60, seed=0, steps=150))  # seeded
+
+
+@pytest.mark.parametrize("candidates", [1, 7, 256])
+def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarray, candidates: int) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from patchcore.sampling import _greedy_loop
+
+    start = int(np.random.default_rng(0).integers(len(points)))
+    plain = _greedy_loop(torch.from_numpy(points), 300, start, tqdm(disable=True))
+    batched = greedy_coreset(points, 300, projection_dim=128, seed=0, candidates=candidates)
+    assert batched[0] == plain[0] == start
+    assert set(batched.tolist()) == set(plain.tolist())

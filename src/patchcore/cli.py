@@ -84,7 +84,7 @@ def model_from_options(options: dict, explicit: Sequence[str] = ()) -> Detector:
     ignored = sorted(name for name in explicit if name in options and name not in accepted)
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        raise click.UsageError(f"{flags} do(es) not apply to --method {method.method}")
+        raise click.UsageError(f"not used by --method {method.method}: {flags}")
     params = {name: value for name, value in options.items() if name in accepted}
     return method(layers=layers.split(",") if layers else None, progress=True, **params)
 

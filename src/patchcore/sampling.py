@@ -34,6 +34,7 @@ def greedy_coreset(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    candidates: int = 256,
 ) -> np.ndarray:
     """Indices of `n_select` rows chosen by greedy k-center (minimax facility location).
 
@@ -46,30 +47,83 @@ def greedy_coreset(
         raise ValueError(f"n_select must be in [1, {n_total}], got {n_select}")
     device = torch.device(device)
     points = random_projection(points.to(device), projection_dim, seed)
-    if device.type == "cpu":
-        # numpy's OpenBLAS mat-vec measured 4x faster than torch's MKL one on this loop's CPUs.
-        points = points.numpy()
-        min_squared = np.full(n_total, np.inf, dtype=np.float32)
-    else:
-        min_squared = torch.full((n_total,), float("inf"), device=device)
-    squared_norms = (points * points).sum(1)
     start = int(np.random.default_rng(seed).integers(n_total))
+    with tqdm(total=n_select, desc="coreset", disable=not progress, leave=False, mininterval=1.0) as bar:
+        if device.type == "cpu":
+            return _batched_greedy(points.numpy(), n_select, start, candidates, bar)
+        return _greedy_loop(points, n_select, start, bar)
+
+
+def _batched_greedy(points: np.ndarray, n_select: int, start: int, candidates: int, bar: tqdm) -> np.ndarray:
+    """Exact greedy k-center with the distance updates batched into matrix products.
+
+    The plain loop updates every row's min-distance after each pick: a mat-vec per pick, bound by
+    memory bandwidth. Here the `candidates` rows with the largest min-distances are taken aside
+    and the greedy runs on them alone, updating only their distances, while the best of them still
+    beats every other row's current (upper-bound) min-distance: then it is the very row the plain
+    loop would pick. When it no longer does, all rows are updated at once with one matrix product
+    against the centres picked since (BLAS-3, several times faster), and new candidates are drawn.
+    """
+    n_total = len(points)
+    squared_norms = np.einsum("ij,ij->i", points, points)
+    min_squared = np.full(n_total, np.inf, dtype=np.float32)
+    selected = [start]
+    pending = [start]
+    while True:
+        _update_min_squared(points, squared_norms, min_squared, np.array(pending))
+        bar.update(len(pending))
+        pending = []
+        if len(selected) == n_select:
+            return np.array(selected, dtype=np.int64)
+        n_candidates = min(candidates, n_total - len(selected))
+        order = np.argpartition(min_squared, n_total - n_candidates - 1) if n_candidates < n_total else None
+        if order is None:
+            chosen, threshold = np.arange(n_total), -np.inf
+        else:
+            chosen, threshold = order[n_total - n_candidates :], min_squared[order[n_total - n_candidates - 1]]
+        candidate_min = min_squared[chosen].copy()
+        candidate_points, candidate_norms = points[chosen], squared_norms[chosen]
+        while len(selected) < n_select:
+            best = int(candidate_min.argmax())
+            if candidate_min[best] < threshold:
+                break  # a row outside the candidates may now be farther: refresh all rows
+            centre = int(chosen[best])
+            selected.append(centre)
+            pending.append(centre)
+            distances = candidate_norms - 2.0 * (candidate_points @ points[centre]) + squared_norms[centre]
+            np.minimum(candidate_min, distances, out=candidate_min)
+            candidate_min[best] = -1.0
+
+
+def _update_min_squared(
+    points: np.ndarray, squared_norms: np.ndarray, min_squared: np.ndarray, centres: np.ndarray, chunk: int = 65536
+) -> None:
+    """min_squared <- min(min_squared, squared distance to the nearest of `centres`), in place."""
+    scaled = -2.0 * points[centres]
+    for start in range(0, len(points), chunk):
+        stop = start + chunk
+        # (centres, chunk) layout: the min over centres then runs along contiguous rows (measured 2x faster).
+        products = scaled @ points[start:stop].T
+        products += squared_norms[centres, None]
+        np.minimum(min_squared[start:stop], products.min(axis=0) + squared_norms[start:stop], out=min_squared[start:stop])
+    # Rounding can leave a chosen row a tiny positive distance: pin it so it is never re-chosen.
+    min_squared[centres] = -1.0
+
+
+def _greedy_loop(points: torch.Tensor, n_select: int, start: int, bar: tqdm) -> np.ndarray:
+    """The plain greedy loop, one mat-vec per pick: on a GPU these are cheap."""
+    squared_norms = (points * points).sum(1)
+    min_squared = torch.full((len(points),), float("inf"), device=points.device)
     selected = np.empty(n_select, dtype=np.int64)
     current = start
-    for step in tqdm(range(n_select), desc="coreset", disable=not progress, leave=False, mininterval=1.0):
+    for step in range(n_select):
         selected[step] = current
         squared = squared_norms - 2.0 * (points @ points[current]) + squared_norms[current]
-        min_squared = _minimum(min_squared, squared)
-        # Rounding can leave a chosen row a tiny positive distance: pin it so it is never re-chosen.
+        torch.minimum(min_squared, squared, out=min_squared)
         min_squared[current] = -1.0
         current = int(min_squared.argmax())
+        bar.update(1)
     return selected
-
-
-def _minimum(running: np.ndarray | torch.Tensor, new: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    if isinstance(running, np.ndarray):
-        return np.minimum(running, new, out=running)
-    return torch.minimum(running, new, out=running)
 
 
 def random_subsample(n_total: int, n_select: int, seed: int = 0) -> np.ndarray:
