@@ -77,3 +77,13 @@ def test_ensemble_normalises_with_held_out_good_images(train_crops, good_test_cr
 def test_ensemble_needs_held_out_images(train_crops) -> None:
     with pytest.raises(ValueError, match="held-out"):
         Ensemble([PatchCore(holdout_fraction=0.0)]).fit(train_crops[:12])
+
+
+def test_ensemble_maps_are_scaled_by_each_members_nominal_maximum(train_crops, defect_crop) -> None:
+    members = [PatchCore(coreset_ratio=0.1), Padim(n_channels=50)]
+    ensemble = Ensemble(members).fit(train_crops)
+    maps = [m.predict([defect_crop[0]])[0].anomaly_map for m in members]
+    expected = np.mean([amap / m.nominal_map_range_[1] for amap, m in zip(maps, members)], axis=0)
+    combined = ensemble.predict([defect_crop[0]])[0].anomaly_map
+    np.testing.assert_allclose(combined, expected, rtol=1e-5)
+    assert combined.min() >= 0  # pixel metrics need non-negative maps

@@ -16,8 +16,8 @@ class Ensemble:
 
     Scores of different backbones live on different scales. Each member's image score is turned
     into a z-score with the mean and spread of its scores on held-out good training images, and its
-    map into (map - nominal median) / (nominal max - nominal median); then both are averaged. The
-    test set is never used for normalisation. Members need `holdout_fraction` > 0 and at least 10
+    map (distances, never negative) is divided by the largest value its held-out good maps reached;
+    then both are averaged. The test set is never used for normalisation. Members need `holdout_fraction` > 0 and at least 10
     training images so they have held-out statistics.
     """
 
@@ -48,9 +48,11 @@ class Ensemble:
         self.score_scales_ = [
             (float(m.nominal_scores_.mean()), float(max(m.nominal_scores_.std(ddof=1), 1e-12))) for m in self.members
         ]
-        self.map_scales_ = [(low, max(high - low, 1e-12)) for low, high in (m.nominal_map_range_ for m in self.members)]
-        # Normalised maps put the nominal median at 0 and the nominal maximum at 1: the display range.
-        self.nominal_map_range_ = (0.0, 1.0)
+        self.map_scales_ = [max(high, 1e-12) for _, high in (m.nominal_map_range_ for m in self.members)]
+        # Each scaled map puts its member's nominal maximum at 1; the nominal medians give the floor.
+        low = float(np.mean([low / scale for (low, _), scale in zip((m.nominal_map_range_ for m in self.members),
+                                                                    self.map_scales_)]))
+        self.nominal_map_range_ = (low, 1.0)
         return self
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
@@ -63,9 +65,7 @@ class Ensemble:
         streams = [member.iter_predict(items) for member in self.members]
         for predictions in zip(*streams):
             score = np.mean([(p.score - mean) / spread for p, (mean, spread) in zip(predictions, self.score_scales_)])
-            amap = np.mean(
-                [(p.anomaly_map - low) / span for p, (low, span) in zip(predictions, self.map_scales_)], axis=0
-            )
+            amap = np.mean([p.anomaly_map / scale for p, scale in zip(predictions, self.map_scales_)], axis=0)
             yield Prediction(float(score), amap.astype(np.float32), predictions[0].source)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:

@@ -210,7 +210,7 @@ def low_shot(
 
     No images are held out here: with one to fifty images every one goes into the model.
     """
-    columns = ["method", *[f"{n} images" for n in LOW_SHOT_SIZES]]
+    columns = ["method", *[_shots(n) for n in LOW_SHOT_SIZES]]
     table = Table("Low-shot image AUROC (mean ± std over draws, averaged over categories)", columns)
     pixel_table_rows = []
     for name, cls in METHODS.items():
@@ -231,14 +231,18 @@ def low_shot(
                     results.append(evaluate_category(subset, make))
                 image_scores.append(_mean([r.image_auroc for r in results]))
                 pixel_scores.append(_mean([r.pixel_auroc for r in results]))
-            row[f"{n_images} images"] = f"{np.mean(image_scores):.1f} ± {np.std(image_scores):.1f}"
+            row[_shots(n_images)] = f"{np.mean(image_scores):.1f} ± {np.std(image_scores):.1f}"
             if pixel_scores[0] is not None:
-                pixel_row[f"{n_images} images"] = f"{np.mean(pixel_scores):.1f} ± {np.std(pixel_scores):.1f}"
+                pixel_row[_shots(n_images)] = f"{np.mean(pixel_scores):.1f} ± {np.std(pixel_scores):.1f}"
             log(json.dumps({"method": name, "n_images": n_images, "image": image_scores, "pixel": pixel_scores}))
         table.rows.append(row)
         pixel_table_rows.append(pixel_row)
     table.rows.extend(row for row in pixel_table_rows if len(row) > 1)
     return table
+
+
+def _shots(n_images: int) -> str:
+    return f"{n_images} image" + ("s" if n_images > 1 else "")
 
 
 ENSEMBLE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")

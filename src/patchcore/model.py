@@ -94,10 +94,15 @@ class PatchCore(Detector):
 
     def _fit_items(self, items: list[ImageInput]) -> None:
         started = time.perf_counter()
-        grids = [self.extractor_(batch).float().cpu().numpy() for batch, _, _ in self._batches(items, "features")]
-        self.feature_dim_ = grids[0].shape[-1]
-        patches = np.concatenate(grids).reshape(-1, self.feature_dim_)
-        self.feature_grid_ = tuple(grids[0].shape[1:3])
+        patches = None
+        for index, (batch, _, _) in enumerate(self._batches(items, "features")):
+            grid = self.extractor_(batch).float().cpu().numpy()
+            if patches is None:
+                # One array filled batch by batch: the bank is never held twice (list + concatenation).
+                self.feature_grid_, self.feature_dim_ = tuple(grid.shape[1:3]), grid.shape[-1]
+                patches = np.empty((len(items), *grid.shape[1:]), dtype=np.float32)
+            patches[index * self.batch_size : index * self.batch_size + len(grid)] = grid
+        patches = patches.reshape(-1, self.feature_dim_)
         self.extraction_seconds_ = time.perf_counter() - started
 
         started = time.perf_counter()
