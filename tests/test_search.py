@@ -25,6 +25,17 @@ def test_ivfpq_finds_most_true_neighbours() -> None:
     assert (found[:, 0] == exact).mean() > 0.5
 
 
+def test_hnsw_finds_nearly_all_true_neighbours_with_true_distances() -> None:
+    rng = np.random.default_rng(2)
+    centers = rng.normal(scale=5, size=(50, 32))
+    bank = (centers[rng.integers(0, 50, 5000)] + rng.normal(size=(5000, 32))).astype(np.float32)
+    queries = bank[:200] + rng.normal(scale=0.3, size=(200, 32)).astype(np.float32)
+    distances, found = make_index("hnsw").fit(bank).search(queries, k=1)
+    full = np.linalg.norm(queries[:, None, :] - bank[None], axis=2)
+    assert (found[:, 0] == full.argmin(axis=1)).mean() > 0.95
+    np.testing.assert_allclose(distances[:, 0], full[np.arange(200), found[:, 0]], rtol=1e-4)
+
+
 def test_query_dimension_mismatch_is_refused() -> None:
     index = make_index("exact").fit(np.zeros((3, 4), dtype=np.float32))
     with pytest.raises(ValueError, match=r"shape \(n, 4\)"):

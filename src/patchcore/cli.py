@@ -54,7 +54,7 @@ def _model_options(function):
                      type=click.Choice(["greedy_coreset", "random", "learned_proxies", "none"])),
         click.option("--coreset-ratio", type=float, default=0.1, show_default=True,
                      help="Share of patches kept in the memory bank."),
-        click.option("--index", default="exact", show_default=True, type=click.Choice(["exact", "ivfpq"])),
+        click.option("--index", default="exact", show_default=True, type=click.Choice(["exact", "ivfpq", "hnsw"])),
         click.option("--reweight/--no-reweight", default=True, show_default=True, help="Eq. 7 score reweighting."),
         click.option("--num-neighbours", type=int, default=9, show_default=True,
                      help="b of Eq. 7 (1: no reweighting)."),

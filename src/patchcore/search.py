@@ -1,4 +1,4 @@
-"""Nearest-neighbour search over the memory bank: one interface, exact (flat L2) and IVF-PQ indexes."""
+"""Nearest-neighbour search over the memory bank: one interface, exact (flat L2), IVF-PQ and HNSW indexes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 
 QUERY_CHUNK = 16384
-INDEX_KINDS = ("exact", "ivfpq")
+INDEX_KINDS = ("exact", "ivfpq", "hnsw")
 
 
 class NearestNeighbourIndex(ABC):
@@ -73,6 +73,19 @@ class IVFPQIndex(NearestNeighbourIndex):
         return index
 
 
+class HNSWIndex(NearestNeighbourIndex):
+    """Hierarchical navigable small-world graph over the exact vectors: approximate, no training."""
+
+    def __init__(self, n_links: int = 32, search_breadth: int = 64) -> None:
+        self.n_links = n_links
+        self.search_breadth = search_breadth
+
+    def _build(self, bank: np.ndarray) -> faiss.Index:
+        index = faiss.IndexHNSWFlat(bank.shape[1], self.n_links)
+        index.hnsw.efSearch = self.search_breadth
+        return index
+
+
 def _largest_divisor_at_most(number: int, limit: int) -> int:
     return max(d for d in range(1, limit + 1) if number % d == 0)
 
@@ -82,4 +95,6 @@ def make_index(kind: str) -> NearestNeighbourIndex:
         return ExactIndex()
     if kind == "ivfpq":
         return IVFPQIndex()
+    if kind == "hnsw":
+        return HNSWIndex()
     raise ValueError(f"unknown index {kind!r}; choose from {INDEX_KINDS}")
