@@ -90,7 +90,7 @@ def test_predict_before_fit() -> None:
     [
         ({"coreset_ratio": 0.0}, "coreset_ratio"),
         ({"sampler": "kmeans"}, "unknown sampler"),
-        ({"index": "hnsw"}, "unknown index"),
+        ({"index": "annoy"}, "unknown index"),
         ({"num_neighbours": 0}, "num_neighbours"),
         ({"backbone": "vgg"}, "unknown backbone"),
     ],
