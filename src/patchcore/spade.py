@@ -13,6 +13,7 @@ from patchcore.backbones import DEFAULT_BACKBONE, LoadedBackbone
 from patchcore.detector import Detector
 from patchcore.features import FeatureExtractor
 from patchcore.images import ImageInput
+from patchcore.search import ExactIndex
 
 
 class Spade(Detector):
@@ -81,9 +82,11 @@ class Spade(Detector):
         n_images, height, width, dim = patches.shape
         patch_scores = np.empty((n_images, height, width), dtype=np.float32)
         for i in range(n_images):
-            gallery = torch.from_numpy(self.train_patch_features_[nearest_images[i].numpy()].reshape(-1, dim))
-            nearest = torch.cdist(patches[i].reshape(-1, dim), gallery).min(dim=1).values
-            patch_scores[i] = nearest.reshape(height, width).numpy()
+            gallery = self.train_patch_features_[nearest_images[i].numpy()].reshape(-1, dim)
+            # faiss computes the (patches x gallery) distances in blocks: never the full matrix, which
+            # at stride 4 (levels 1-3) would be 3,136 x 156,800 floats per image.
+            distances, _ = ExactIndex().fit(gallery).search(patches[i].reshape(-1, dim).numpy(), k=1)
+            patch_scores[i] = distances[:, 0].reshape(height, width)
         return image_distances.mean(dim=1).double().numpy(), patch_scores
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
