@@ -5,7 +5,6 @@ import pytest
 
 from patchcore.anomaly_maps import anomaly_map, reweighting_factor
 from patchcore.model import PatchCore
-from patchcore.search import ExactIndex
 
 
 def test_eq7_weight_by_hand() -> None:
@@ -23,7 +22,7 @@ def test_eq7_is_stable_for_large_distances() -> None:
 def test_image_score_applies_eq7_around_the_worst_patch() -> None:
     bank = np.array([[0, 0], [1, 0], [3, 0], [10, 0]], dtype=np.float32)
     model = PatchCore(num_neighbours=3)
-    model.memory_bank_, model.index_ = bank, ExactIndex().fit(bank)
+    model._set_bank(bank)
     patches = np.array([[[0.5, 0.0], [0.0, 2.0]]], dtype=np.float32)  # one image, two patches
     distances, nearest = model.index_.search(patches[0], k=1)
     score = model._image_scores(patches, distances[:, 0][None], nearest[:, 0][None])[0]
