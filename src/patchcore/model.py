@@ -12,15 +12,13 @@ import torch
 
 from patchcore.anomaly_maps import reweighting_factor
 from patchcore.backbones import DEFAULT_BACKBONE, LoadedBackbone
-from patchcore.detector import Detector, Prediction, resolve_device
+from patchcore.detector import Detector
 from patchcore.features import FeatureExtractor
 from patchcore.images import ImageInput, expand_image_inputs
 from patchcore.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
 from patchcore.search import INDEX_KINDS, make_index
 
 NO_SAMPLING = "none"
-
-__all__ = ["NO_SAMPLING", "PatchCore", "Prediction", "resolve_device"]
 
 
 class PatchCore(Detector):
@@ -134,7 +132,8 @@ class PatchCore(Detector):
         """Locally aware patch features of images, (n_images, h, w, feature_dim): what the bank holds."""
         self._check_fitted()
         items = expand_image_inputs(images)
-        return np.concatenate([self.extractor_(batch).float().cpu().numpy() for batch, _, _ in self._batches(items, "features")])
+        batches = self._batches(items, "features")
+        return np.concatenate([self.extractor_(batch).float().cpu().numpy() for batch, _, _ in batches])
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         features = self.extractor_(batch).float().cpu()
