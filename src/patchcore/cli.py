@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 
 from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
+from patchcore.datasets import Category
 from patchcore.errors import PatchCoreError
+from patchcore.experiments import EXPERIMENTS
 from patchcore.images import IMAGE_SUFFIXES, list_images
 from patchcore.detector import Detector, Prediction
 from patchcore.methods import METHODS, get_method, load_model
@@ -165,6 +167,18 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     click.echo(f"wrote {out_dir / 'scores.csv'} and {len(predictions)} heatmaps in {out_dir / 'heatmaps'}")
 
 
+def load_categories(root: Path, categories: str | None) -> list[Category]:
+    """The categories `--categories` names ('mvtec', a comma list, or all under ROOT), each checked
+    before any long work starts."""
+    from patchcore.datasets import MVTEC_CATEGORIES, discover_categories, load_category
+
+    if categories == "mvtec":
+        names = list(MVTEC_CATEGORIES)
+    else:
+        names = categories.split(",") if categories else discover_categories(root)
+    return [load_category(root, name) for name in names]
+
+
 @main.command()
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--categories", default=None,
@@ -177,14 +191,9 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import sys
 
-    from patchcore.datasets import MVTEC_CATEGORIES, discover_categories, load_category
     from patchcore.evaluation import evaluate_category, write_results
 
-    if categories == "mvtec":
-        names = list(MVTEC_CATEGORIES)
-    else:
-        names = categories.split(",") if categories else discover_categories(root)
-    loaded = [load_category(root, name) for name in names]  # check every layout before the long work
+    loaded = load_categories(root, categories)
     explicit = explicit_options()
     model_from_options(dict(options), explicit)  # a bad option fails before the first category
     results = []
@@ -204,8 +213,7 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["subsamplers", "bank-usage", "patch-size-levels", "stride", "reweighting",
-                                           "search-index", "baselines", "low-shot", "ensembles", "timing", "all"]))
+@click.argument("name", type=click.Choice([*EXPERIMENTS, "all"]))
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--categories", default=None,
               help="Comma-separated subset, or 'mvtec' for the 15 MVTec AD categories (default: all under ROOT).")
@@ -220,14 +228,9 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
     """Run one of the paper's experiments (or all) on the categories under ROOT; write its table."""
     import sys
 
-    from patchcore.datasets import MVTEC_CATEGORIES, discover_categories, load_category
-    from patchcore.experiments import EXPERIMENTS, run_experiment
+    from patchcore.experiments import run_experiment
 
-    if categories == "mvtec":
-        names = list(MVTEC_CATEGORIES)
-    else:
-        names = categories.split(",") if categories else discover_categories(root)
-    loaded = [load_category(root, category) for category in names]
+    loaded = load_categories(root, categories)
     command = "patchcore " + " ".join(sys.argv[1:])
     for chosen in EXPERIMENTS if name == "all" else [name]:
         table = run_experiment(chosen, loaded, out_dir, command, seed=seed, backbone=backbone, weights=weights, seeds=seeds,

@@ -69,4 +69,10 @@ class Ensemble:
             yield Prediction(float(score), amap.astype(np.float32), predictions[0].source)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        return np.array([p.score for p in self.iter_predict(images)], dtype=np.float64)
+        """Image scores only: the members score without building maps."""
+        if not hasattr(self, "score_scales_"):
+            raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
+        items = expand_image_inputs(images)
+        member_scores = [member.score_samples(items) for member in self.members]
+        return np.mean([(scores - mean) / spread for scores, (mean, spread) in zip(member_scores, self.score_scales_)],
+                       axis=0)
