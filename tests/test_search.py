@@ -40,3 +40,17 @@ def test_query_dimension_mismatch_is_refused() -> None:
     index = make_index("exact").fit(np.zeros((3, 4), dtype=np.float32))
     with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
         index.search(np.zeros((2, 5), dtype=np.float32))
+
+
+def test_ivf_distances_are_exact_where_it_looks_and_never_below_the_true_nearest() -> None:
+    rng = np.random.default_rng(3)
+    centers = rng.normal(scale=5, size=(50, 32))
+    bank = (centers[rng.integers(0, 50, 20000)] + rng.normal(size=(20000, 32))).astype(np.float32)
+    queries = bank[:300] + rng.normal(scale=0.3, size=(300, 32)).astype(np.float32)
+    index = make_index("ivf").fit(bank)
+    assert index.index_.nlist == 71 and index.index_.nprobe == 8  # sqrt(20000) / 2 cells, 8 visited
+    distances, found = index.search(queries, k=1)
+    full = np.linalg.norm(queries[:, None, :] - bank[None], axis=2)
+    np.testing.assert_allclose(distances[:, 0], full[np.arange(300), found[:, 0]], rtol=1e-4)
+    assert (distances[:, 0] >= full.min(axis=1) - 1e-4).all()
+    assert (found[:, 0] == full.argmin(axis=1)).mean() > 0.95

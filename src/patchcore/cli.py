@@ -21,6 +21,8 @@ from patchcore.detector import Detector, Prediction
 from patchcore.methods import METHODS, get_method, load_model
 from patchcore.model import PatchCore
 from patchcore.persistence import atomic_write_bytes
+from patchcore.search import INDEX_KINDS
+from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE, validate_false_alarm_rate
 from patchcore.visualize import write_overlay
 
 
@@ -56,7 +58,8 @@ def _model_options(function):
                      type=click.Choice(["greedy_coreset", "random", "learned_proxies", "none"])),
         click.option("--coreset-ratio", type=float, default=0.1, show_default=True,
                      help="Share of patches kept in the memory bank."),
-        click.option("--index", default="exact", show_default=True, type=click.Choice(["exact", "ivfpq", "hnsw"])),
+        click.option("--index", default="ivf", show_default=True, type=click.Choice(list(INDEX_KINDS)),
+                     help="Nearest-neighbour search: ivf (default, exact distances in the cells it visits), exact, ivfpq, hnsw."),
         click.option("--reweight/--no-reweight", default=True, show_default=True, help="Eq. 7 score reweighting."),
         click.option("--num-neighbours", type=int, default=9, show_default=True,
                      help="b of Eq. 7 (1: no reweighting)."),
@@ -66,7 +69,9 @@ def _model_options(function):
                      help="PaDiM: random channels kept for the Gaussians."),
         click.option("--image-size", type=int, default=224, show_default=True, help="Centre-crop size in pixels."),
         click.option("--holdout-fraction", type=float, default=0.1, show_default=True,
-                     help="Share of good images held out to measure nominal scores."),
+                     help="Share of good images held out to measure nominal scores (the threshold's basis)."),
+        click.option("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE, show_default=True,
+                     help="Share of held-out good images the good/defect threshold may flag."),
         click.option("--batch-size", type=int, default=8, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
@@ -135,10 +140,19 @@ def output_names(files: Sequence[Path]) -> list[str]:
     return [str(p.relative_to(common).with_suffix("")).replace(os.sep, "__") for p in absolute]
 
 
+PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision"]
+
+
+def prediction_row(prediction: Prediction) -> dict:
+    decision = None if prediction.is_anomalous is None else ("defect" if prediction.is_anomalous else "good")
+    return {"image": prediction.source, "score": prediction.score, "normalised_score": prediction.normalised_score,
+            "threshold": prediction.threshold, "decision": decision}
+
+
 def write_predictions(model: Detector, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:
-    rows = [{"image": p.source, "score": p.score} for p in predictions]
+    rows = [prediction_row(p) for p in predictions]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["image", "score"])
+    writer = csv.DictWriter(text, fieldnames=PREDICTION_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out_dir / "scores.csv", text.getvalue().encode())
@@ -155,15 +169,22 @@ def write_predictions(model: Detector, predictions: Sequence[Prediction], names:
               help="Folder for scores.csv, scores.json and heatmaps/.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--weights", default=None, help="Backbone weights file, if not where the model was fitted.")
-def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None) -> None:
-    """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores and heatmap overlays."""
+@click.option("--false-alarm-rate", type=float, default=None,
+              help="Override the model's rate of held-out good images the threshold may flag.")
+def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
+            false_alarm_rate: float | None) -> None:
+    """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores, decisions and heatmaps."""
     model = load_model(model_dir, device=device, weights=weights)
     model.progress = True
+    if false_alarm_rate is not None:
+        validate_false_alarm_rate(false_alarm_rate)
+        model.false_alarm_rate = false_alarm_rate
     files = collect_images(images)
     predictions = model.predict(files)
     write_predictions(model, predictions, output_names(files), out_dir)
     for prediction in predictions:
-        click.echo(f"{prediction.score:10.4f}  {prediction.source}")
+        decision = prediction_row(prediction)["decision"] or "(no threshold)"
+        click.echo(f"{prediction.score:10.4f}  {decision:<14}  {prediction.source}")
     click.echo(f"wrote {out_dir / 'scores.csv'} and {len(predictions)} heatmaps in {out_dir / 'heatmaps'}")
 
 
@@ -186,8 +207,11 @@ def load_categories(root: Path, categories: str | None) -> list[Category]:
 @click.option("--out", "out_dir", default=Path("evaluation"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for results.json and results.md.")
 @click.option("--save-maps", is_flag=True, help="Also write heatmap overlays of every test image.")
+@click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path),
+              help="Also write report.html here: metrics, ROC, PRO, score histograms and hardest images.")
 @_model_options
-def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, **options) -> None:
+def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, report_dir: Path | None,
+             **options) -> None:
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import sys
 
@@ -200,7 +224,8 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     for category in loaded:
         click.echo(f"{category.name}: {len(category.train_images)} train, {len(category.test_samples)} test images")
         result = evaluate_category(
-            category, lambda: model_from_options(dict(options), explicit), out_dir / "maps" if save_maps else None
+            category, lambda: model_from_options(dict(options), explicit), out_dir / "maps" if save_maps else None,
+            details=report_dir is not None,
         )
         pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
         pro = "n/a" if result.pro is None else f"{result.pro:.1f}"
@@ -210,6 +235,10 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     params = model_from_options(dict(options)).get_params()
     click.echo(write_results(results, params, out_dir, command))
     click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+    if report_dir is not None:
+        from patchcore.report import write_report
+
+        click.echo(f"wrote {write_report(results, params, report_dir, command)}")
 
 
 @main.command()
@@ -236,6 +265,35 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
         table = run_experiment(chosen, loaded, out_dir, command, seed=seed, backbone=backbone, weights=weights, seeds=seeds,
                                log=lambda line: click.echo(line, err=True))
         click.echo(f"{table.title}\n{table.markdown()}\nwrote {out_dir / (chosen + '.md')}")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 127.0.0.1 keeps the service on this machine.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", envvar="PATCHCORE_API_KEY", default=None,
+              help="Require this key in the X-API-Key header (or set PATCHCORE_API_KEY).")
+@click.option("--max-upload-mb", type=float, default=20.0, show_default=True, help="Largest accepted request body.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
+          device: str | None) -> None:
+    """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
+
+    POST /predict?model=NAME with an image file; GET /health, /models, /model?model=NAME, /docs;
+    the web page is at /.
+    """
+    import uvicorn
+
+    from patchcore.service import create_app, load_models
+
+    try:
+        loaded = load_models(list(models), device=device)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key)
+    click.echo(f"serving {', '.join(loaded)} on http://{host}:{port}/")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 @main.command()

@@ -21,15 +21,31 @@ from patchcore.errors import ModelFileError, NotFittedError
 from patchcore.features import FeatureExtractor
 from patchcore.images import ImageInput, Preprocessor, expand_image_inputs, load_image
 from patchcore.persistence import load_directory, save_directory
+from patchcore.thresholds import Threshold, threshold_at_false_alarm_rate, validate_false_alarm_rate
 
 
 @dataclass
 class Prediction:
-    """One image's result: its anomaly score and its anomaly map at the image's own size."""
+    """One image's result: its anomaly score, its anomaly map at the image's own size, and the decision.
+
+    The decision fields come from the held-out good images' scores (`Detector.decision_threshold`)
+    and are None for a model fitted without held-out images.
+    """
 
     score: float
     anomaly_map: np.ndarray
     source: str | None = None
+    threshold: float | None = None
+    normalised_score: float | None = None
+    is_anomalous: bool | None = None
+
+    @classmethod
+    def decided(cls, score: float, anomaly_map: np.ndarray, source: str | None,
+                threshold: Threshold | None) -> "Prediction":
+        if threshold is None:
+            return cls(score, anomaly_map, source)
+        return cls(score, anomaly_map, source, threshold.value, threshold.normalise(score),
+                   threshold.is_anomalous(score))
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -47,7 +63,7 @@ class Detector(ABC):
     Subclasses declare every hyper-parameter in `__init__` (scikit-learn style) and implement how
     features are extracted, how the fitted state is built from training images, and how a batch is
     scored. The shared parameters are backbone, layers, weights, image_size, resize, blur_sigma,
-    holdout_fraction, batch_size, seed, device and progress.
+    holdout_fraction, false_alarm_rate, batch_size, seed, device and progress.
     """
 
     method: ClassVar[str]
@@ -100,6 +116,7 @@ class Detector(ABC):
             raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        validate_false_alarm_rate(self.false_alarm_rate)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self._validate_method_params()
@@ -178,6 +195,7 @@ class Detector(ABC):
     def _predict(self, images: ImageInput | Sequence[ImageInput], with_maps: bool) -> Iterator[Prediction]:
         self._check_fitted()
         items = expand_image_inputs(images)
+        threshold = self.decision_threshold()
         for batch, sizes, sources in self._batches(items, desc="predict"):
             scores, patch_scores = self._score_batch(batch)
             for i in range(len(scores)):
@@ -185,7 +203,16 @@ class Detector(ABC):
                 if with_maps:
                     crop_map = anomaly_map(patch_scores[i], self.image_size, self.blur_sigma)
                     amap = self.preprocessor_.to_original_size(crop_map, sizes[i])
-                yield Prediction(float(scores[i]), amap, sources[i])
+                yield Prediction.decided(float(scores[i]), amap, sources[i], threshold)
+
+    def decision_threshold(self) -> Threshold | None:
+        """The threshold that flags `false_alarm_rate` of the held-out good images; None without them.
+
+        Computed from the stored held-out scores each time, so changing `false_alarm_rate` on a fitted
+        or loaded model takes effect at once. Test images never enter it.
+        """
+        self._check_fitted()
+        return threshold_at_false_alarm_rate(self.nominal_scores_, self.false_alarm_rate)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "nominal_scores_"):

@@ -9,6 +9,7 @@ import numpy as np
 from patchcore.detector import Detector, Prediction
 from patchcore.errors import NotFittedError
 from patchcore.images import ImageInput, expand_image_inputs
+from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate
 
 
 class Ensemble:
@@ -21,8 +22,9 @@ class Ensemble:
     training images so they have held-out statistics.
     """
 
-    def __init__(self, members: Sequence[Detector]) -> None:
+    def __init__(self, members: Sequence[Detector], false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> None:
         self.members = members
+        self.false_alarm_rate = false_alarm_rate
 
     def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Ensemble":
         if len(self.members) < 1:
@@ -53,7 +55,21 @@ class Ensemble:
         low = float(np.mean([low / scale for (low, _), scale in zip((m.nominal_map_range_ for m in self.members),
                                                                     self.map_scales_)]))
         self.nominal_map_range_ = (low, 1.0)
+        # Members fitted on the same images with the same seed hold out the same images, so their
+        # held-out scores line up image by image and combine as the test scores do.
+        lengths = {len(m.nominal_scores_) for m in self.members}
+        self.nominal_scores_ = (
+            self._combine([m.nominal_scores_ for m in self.members]) if len(lengths) == 1 else np.empty(0)
+        )
         return self
+
+    def _combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
+        return np.mean([(np.asarray(scores) - mean) / spread
+                        for scores, (mean, spread) in zip(member_scores, self.score_scales_)], axis=0)
+
+    def decision_threshold(self) -> Threshold | None:
+        """As `Detector.decision_threshold`, on the ensemble's combined held-out scores."""
+        return threshold_at_false_alarm_rate(self.nominal_scores_, self.false_alarm_rate)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
         return list(self.iter_predict(images))
@@ -62,17 +78,16 @@ class Ensemble:
         if not hasattr(self, "score_scales_"):
             raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
         items = expand_image_inputs(images)
+        threshold = self.decision_threshold()
         streams = [member.iter_predict(items) for member in self.members]
         for predictions in zip(*streams):
-            score = np.mean([(p.score - mean) / spread for p, (mean, spread) in zip(predictions, self.score_scales_)])
+            score = float(self._combine([[p.score] for p in predictions])[0])
             amap = np.mean([p.anomaly_map / scale for p, scale in zip(predictions, self.map_scales_)], axis=0)
-            yield Prediction(float(score), amap.astype(np.float32), predictions[0].source)
+            yield Prediction.decided(score, amap.astype(np.float32), predictions[0].source, threshold)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image scores only: the members score without building maps."""
         if not hasattr(self, "score_scales_"):
             raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
         items = expand_image_inputs(images)
-        member_scores = [member.score_samples(items) for member in self.members]
-        return np.mean([(scores - mean) / spread for scores, (mean, spread) in zip(member_scores, self.score_scales_)],
-                       axis=0)
+        return self._combine([member.score_samples(items) for member in self.members])

@@ -7,7 +7,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,22 @@ from patchcore.metrics import PixelMetrics, image_auroc
 from patchcore.detector import Detector
 from patchcore.ensemble import Ensemble
 from patchcore.persistence import atomic_write_bytes
-from patchcore.visualize import write_overlay
+from patchcore.thresholds import f1_optimal_threshold
+from patchcore.visualize import overlay_png, write_overlay
+
+GALLERY_SIZE = 4
+
+
+@dataclass
+class CategoryDetails:
+    """What the HTML report draws beyond the table: every test score and the hardest images' overlays."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    defect_types: list[str]
+    images: list[str]
+    pro_curve: tuple[np.ndarray, np.ndarray] | None  # (pixel FPR, mean region overlap)
+    gallery: list[dict] = field(default_factory=list)  # {image, defect_type, score, overlay_png}
 
 
 @dataclass
@@ -34,6 +49,19 @@ class CategoryResult:
     n_train: int
     n_test: int
     per_defect_image_auroc: dict[str, float] | None = None  # good vs. each defect type alone
+    # The model's threshold (held-out good images, test set unseen) and what it does on the test set:
+    threshold: float | None = None
+    false_alarm_rate: float | None = None  # the rate the threshold was set for
+    test_false_alarm_rate: float | None = None  # good test images flagged, %
+    test_recall: float | None = None  # defective test images flagged, %
+    # Hindsight, from the test labels (never used by the model): the best F1 any threshold gives.
+    f1_optimal_threshold: float | None = None
+    f1_optimal: float | None = None
+    details: CategoryDetails | None = field(default=None, repr=False, compare=False)
+
+    def row(self) -> dict:
+        """The table and JSON entry: every field but `details`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
 
 
 def peak_memory_mb() -> float:
@@ -45,11 +73,12 @@ def evaluate_category(
     category: Category,
     make_model: Callable[[], Detector | Ensemble],
     maps_dir: Path | None = None,
+    details: bool = False,
 ) -> CategoryResult:
     """Fit a fresh model on the category's good training images, then evaluate it on its test set."""
     started = time.perf_counter()
     model = make_model().fit(list(category.train_images))
-    return evaluate_fitted(category, model, time.perf_counter() - started, maps_dir)
+    return evaluate_fitted(category, model, time.perf_counter() - started, maps_dir, details)
 
 
 def evaluate_fitted(
@@ -57,8 +86,9 @@ def evaluate_fitted(
     model: Detector | Ensemble,
     fit_seconds: float,
     maps_dir: Path | None = None,
+    details: bool = False,
 ) -> CategoryResult:
-    """Metrics of an already fitted model on the category's test set."""
+    """Metrics of an already fitted model on the category's test set; `details` keeps what a report draws."""
     pixel_metrics = PixelMetrics() if category.has_masks else None
     labels, scores, types = [], [], []
     started = time.perf_counter()
@@ -76,9 +106,10 @@ def evaluate_fitted(
             write_overlay(folder / f"{sample.image.stem}.png", sample.image, prediction.anomaly_map,
                           model.nominal_map_range_)
     inference_seconds = time.perf_counter() - started
-    return CategoryResult(
+    labels, scores = np.array(labels), np.array(scores)
+    result = CategoryResult(
         category=category.name,
-        image_auroc=image_auroc(np.array(labels), np.array(scores)),
+        image_auroc=image_auroc(labels, scores),
         pixel_auroc=pixel_metrics.pixel_auroc() if pixel_metrics else None,
         pro=pixel_metrics.pro() if pixel_metrics else None,
         fit_seconds=fit_seconds,
@@ -87,8 +118,42 @@ def evaluate_fitted(
         memory_bank_size=int(model.memory_bank_.shape[0]) if hasattr(model, "memory_bank_") else None,
         n_train=len(category.train_images),
         n_test=len(labels),
-        per_defect_image_auroc=per_defect_auroc(np.array(types), np.array(scores)),
+        per_defect_image_auroc=per_defect_auroc(np.array(types), scores),
+        **threshold_columns(model, labels, scores),
     )
+    if details:
+        result.details = CategoryDetails(
+            labels, scores, types, [str(s.image) for s in category.test_samples],
+            pixel_metrics.pro_curve() if pixel_metrics else None,
+            gallery(category, model, labels, scores),
+        )
+    return result
+
+
+def threshold_columns(model: Detector | Ensemble, labels: np.ndarray, scores: np.ndarray) -> dict:
+    """The held-out threshold's rates on the test set, and the test set's own F1-optimal threshold."""
+    columns: dict = {}
+    threshold = model.decision_threshold()
+    if threshold is not None:
+        flagged = scores > threshold.value
+        columns.update(threshold=threshold.value, false_alarm_rate=100 * threshold.false_alarm_rate,
+                       test_false_alarm_rate=100 * float(flagged[labels == 0].mean()),
+                       test_recall=100 * float(flagged[labels == 1].mean()))
+    columns["f1_optimal_threshold"], f1 = f1_optimal_threshold(labels, scores)
+    columns["f1_optimal"] = 100 * f1
+    return columns
+
+
+def gallery(category: Category, model: Detector | Ensemble, labels: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """Overlays of the highest-scored good images and the lowest-scored defects: the model's near misses."""
+    good, defective = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    chosen = [*good[np.argsort(-scores[good])][:GALLERY_SIZE], *defective[np.argsort(scores[defective])][:GALLERY_SIZE]]
+    samples = [category.test_samples[i] for i in chosen]
+    entries = []
+    for sample, prediction in zip(samples, model.predict([s.image for s in samples])):
+        entries.append({"image": str(sample.image), "defect_type": sample.defect_type, "score": prediction.score,
+                        "overlay_png": overlay_png(sample.image, prediction.anomaly_map, model.nominal_map_range_)})
+    return entries
 
 
 def per_defect_auroc(types: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -106,7 +171,7 @@ def mean_row(results: Sequence[CategoryResult]) -> dict:
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
         return float(np.mean(values)) if values else None
 
-    skip = ("category", "per_defect_image_auroc")
+    skip = ("category", "per_defect_image_auroc", "details", "threshold", "f1_optimal_threshold")
     return {"category": "mean", **{f.name: mean(f.name) for f in fields(CategoryResult) if f.name not in skip}}
 
 
@@ -119,6 +184,9 @@ COLUMNS = (
     ("seconds_per_image", "s / image", "{:.3f}"),
     ("peak_memory_mb", "peak MB", "{:.0f}"),
     ("memory_bank_size", "bank size", "{:.0f}"),
+    ("test_false_alarm_rate", "false alarms % at threshold", "{:.1f}"),
+    ("test_recall", "recall % at threshold", "{:.1f}"),
+    ("f1_optimal", "F1-optimal %", "{:.1f}"),
 )
 
 
@@ -127,7 +195,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     rule = "|" + "---|" * len(COLUMNS)
     lines = [header, rule]
     for row in rows:
-        cells = [fmt.format(row[key]) if row[key] is not None else "n/a" for key, _, fmt in COLUMNS]
+        cells = [fmt.format(row[key]) if row.get(key) is not None else "n/a" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -137,7 +205,7 @@ def machine_description() -> str:
 
 
 def write_results(results: Sequence[CategoryResult], params: dict, out_dir: Path, command: str) -> str:
-    rows = [asdict(r) for r in results] + [mean_row(results)]
+    rows = [r.row() for r in results] + [mean_row(results)]
     table = markdown_table(rows)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     document = {"command": command, "date": when, "machine": machine_description(), "params": params, "results": rows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,24 @@ def load_image(source: ImageInput) -> Image.Image:
     path = Path(source)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """An uploaded file's bytes as an RGB PIL image, as `load_image` reads files; `name` labels errors."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(file: Path | io.BytesIO, name: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"{path}: not a readable image ({error})") from error
+        raise ImageLoadError(f"{name}: not a readable image ({error})") from error
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

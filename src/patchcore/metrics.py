@@ -76,11 +76,15 @@ class PixelMetrics:
         false_positive, true_positive = self._rates()
         return 100.0 * float(np.trapezoid(true_positive, false_positive))
 
-    def pro(self, max_fpr: float = 0.3) -> float:
-        """Area under mean region overlap vs. pixel FPR, for FPR in [0, max_fpr], divided by max_fpr."""
+    def pro_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pixel false-positive rate, mean overlap of ground-truth regions), thresholds descending."""
         false_positive, _ = self._rates()
         overlaps = np.stack([np.concatenate([[0], np.cumsum(h[::-1])]) / h.sum() for h in self.regions])
-        mean_overlap = overlaps.mean(axis=0)
+        return false_positive, overlaps.mean(axis=0)
+
+    def pro(self, max_fpr: float = 0.3) -> float:
+        """Area under mean region overlap vs. pixel FPR, for FPR in [0, max_fpr], divided by max_fpr."""
+        false_positive, mean_overlap = self.pro_curve()
         return 100.0 * _area_up_to(false_positive, mean_overlap, max_fpr) / max_fpr
 
 

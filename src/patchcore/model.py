@@ -17,6 +17,7 @@ from patchcore.features import FeatureExtractor
 from patchcore.images import ImageInput, expand_image_inputs
 from patchcore.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
 from patchcore.search import INDEX_KINDS, make_index
+from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE
 
 NO_SAMPLING = "none"
 
@@ -41,13 +42,14 @@ class PatchCore(Detector):
         sampler: str = "greedy_coreset",
         coreset_ratio: float = 0.1,
         projection_dim: int = 128,
-        index: str = "exact",
+        index: str = "ivf",
         reweight: bool = True,
         num_neighbours: int = 9,
         image_size: int = 224,
         resize: int | None = None,
         blur_sigma: float = 4.0,
         holdout_fraction: float = 0.1,
+        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
         batch_size: int = 8,
         seed: int = 0,
         device: str | None = None,
@@ -69,6 +71,7 @@ class PatchCore(Detector):
         self.resize = resize
         self.blur_sigma = blur_sigma
         self.holdout_fraction = holdout_fraction
+        self.false_alarm_rate = false_alarm_rate
         self.batch_size = batch_size
         self.seed = seed
         self.device = device

@@ -14,6 +14,7 @@ from patchcore.backbones import DEFAULT_BACKBONE, BackboneSpec, LoadedBackbone
 from patchcore.detector import Detector
 from patchcore.features import FeatureExtractor
 from patchcore.images import ImageInput
+from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE
 
 
 class Padim(Detector):
@@ -38,6 +39,7 @@ class Padim(Detector):
         resize: int | None = None,
         blur_sigma: float = 4.0,
         holdout_fraction: float = 0.1,
+        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
         batch_size: int = 8,
         seed: int = 0,
         device: str | None = None,
@@ -52,6 +54,7 @@ class Padim(Detector):
         self.resize = resize
         self.blur_sigma = blur_sigma
         self.holdout_fraction = holdout_fraction
+        self.false_alarm_rate = false_alarm_rate
         self.batch_size = batch_size
         self.seed = seed
         self.device = device

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search over the memory bank: one interface, exact (flat L2), IVF-PQ and HNSW indexes."""
+"""Nearest-neighbour search over the memory bank: one interface, exact (flat L2), IVF, IVF-PQ and HNSW indexes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 
 QUERY_CHUNK = 16384
-INDEX_KINDS = ("exact", "ivfpq", "hnsw")
+INDEX_KINDS = ("exact", "ivf", "ivfpq", "hnsw")
 
 
 class NearestNeighbourIndex(ABC):
@@ -47,6 +47,29 @@ class ExactIndex(NearestNeighbourIndex):
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         return faiss.IndexFlatL2(bank.shape[1])
+
+
+class IVFIndex(NearestNeighbourIndex):
+    """Inverted lists over the exact vectors: searches the `n_probe` nearest of `n_lists` k-means cells.
+
+    Distances to the vectors it visits are exact; it can only miss a neighbour lying in an unvisited
+    cell, which makes a patch score too high, never too low. The default probes about 1/7 of a
+    10 %-coreset bank (8 of sqrt(N)/2 cells).
+    """
+
+    def __init__(self, n_lists: int | None = None, n_probe: int = 8) -> None:
+        self.n_lists = n_lists
+        self.n_probe = n_probe
+
+    def _build(self, bank: np.ndarray) -> faiss.Index:
+        n_total, dim = bank.shape
+        n_lists = self.n_lists or max(1, min(round(np.sqrt(n_total) / 2), n_total // 39))
+        quantizer = faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, n_lists)
+        index.train(bank)  # faiss k-means has a fixed seed: the same bank gives the same cells
+        index.nprobe = min(self.n_probe, n_lists)
+        self._quantizer = quantizer  # faiss does not own it: keep it alive with the index
+        return index
 
 
 class IVFPQIndex(NearestNeighbourIndex):
@@ -93,6 +116,8 @@ def _largest_divisor_at_most(number: int, limit: int) -> int:
 def make_index(kind: str) -> NearestNeighbourIndex:
     if kind == "exact":
         return ExactIndex()
+    if kind == "ivf":
+        return IVFIndex()
     if kind == "ivfpq":
         return IVFPQIndex()
     if kind == "hnsw":

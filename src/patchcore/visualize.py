@@ -41,11 +41,16 @@ def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float
     return median, peak + (peak - median)
 
 
+def overlay_png(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None) -> bytes:
+    """The heatmap overlay of `image` as PNG bytes."""
+    vmin, vmax = display_range(anomaly_map, nominal_map_range)
+    buffer = io.BytesIO()
+    overlay(load_image(image), anomaly_map, vmin, vmax).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_overlay(
     path: Path, image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None
 ) -> None:
     """Write the heatmap overlay of `image` as a PNG at `path`, atomically."""
-    vmin, vmax = display_range(anomaly_map, nominal_map_range)
-    buffer = io.BytesIO()
-    overlay(load_image(image), anomaly_map, vmin, vmax).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, overlay_png(image, anomaly_map, nominal_map_range))

@@ -1,0 +1,223 @@
+"""HTTP inspection service: fitted models served by name over FastAPI, with the web page at `/`."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from patchcore import __version__
+from patchcore.detector import Detector
+from patchcore.errors import ImageLoadError, PatchCoreError
+from patchcore.images import decode_image
+from patchcore.methods import load_model
+from patchcore.persistence import MANIFEST
+from patchcore.visualize import overlay_png
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+API_KEY_HEADER = "x-api-key"
+
+
+@dataclass
+class ServedModel:
+    """A model loaded once at start-up; its lock makes concurrent requests take turns on it."""
+
+    name: str
+    model: Detector
+    manifest: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def parse_model_argument(argument: str) -> tuple[str, Path]:
+    """'NAME=DIR' or 'DIR' (named after the folder) -> (name, directory), the name validated."""
+    name, separator, directory = argument.partition("=")
+    if not separator:
+        name, directory = Path(argument).name, argument
+    if not MODEL_NAME.match(name):
+        raise ValueError(
+            f"model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    return name, Path(directory)
+
+
+def load_models(arguments: list[str], device: str | None = None) -> dict[str, ServedModel]:
+    """Load every model once, failing before the server starts if any is missing or broken."""
+    served: dict[str, ServedModel] = {}
+    for argument in arguments:
+        name, directory = parse_model_argument(argument)
+        if name in served:
+            raise ValueError(f"two models are named {name!r}: name them with NAME=DIR")
+        model = load_model(directory, device=device)
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        served[name] = ServedModel(name, model, manifest)
+    if not served:
+        raise ValueError("no model to serve")
+    return served
+
+
+class BodySizeLimit:
+    """ASGI middleware: reads the request body up to `limit` bytes and answers 413 beyond it, before any
+    parser sees it (the body, at most `limit` bytes, is then replayed to the app)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = {"error": f"upload larger than {self.limit} bytes"}
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_json(send, 413, too_large)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _send_json(send, 413, too_large)
+                return
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the disconnect as usual
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(
+    models: dict[str, ServedModel],
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    api_key: str | None = None,
+) -> FastAPI:
+    """The service for already loaded models; `api_key` (if given) is required on every route but `/`
+    and `/health`, in the X-API-Key header."""
+    app = FastAPI(title="PatchCore inspection service", version=__version__,
+                  description="Anomaly scores, good/defect decisions and heatmaps from PatchCore models.")
+    app.add_middleware(BodySizeLimit, limit=max_upload_bytes)
+    page = files("patchcore").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
+
+    def authorise(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get(API_KEY_HEADER, "")
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, f"missing or wrong API key (send it in the {API_KEY_HEADER} header)")
+
+    def choose(name: str | None) -> ServedModel:
+        if name is None:
+            if len(models) == 1:
+                return next(iter(models.values()))
+            raise HTTPException(400, f"several models are served: name one with ?model= ({', '.join(models)})")
+        if name not in models:
+            raise HTTPException(404, f"no model named {name!r}; served: {', '.join(models)}")
+        return models[name]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "models": sorted(models)}
+
+    @app.get("/models")
+    def list_models(request: Request) -> list[dict]:
+        authorise(request)
+        return [summary(served) for served in models.values()]
+
+    @app.get("/model")
+    def model_manifest(request: Request, model: str | None = Query(None, description="Model name")) -> dict:
+        authorise(request)
+        return choose(model).manifest
+
+    @app.post("/predict")
+    def predict(
+        request: Request,
+        image: UploadFile = File(..., description="An image file (PNG, JPEG, BMP, TIFF, WebP)"),
+        model: str | None = Query(None, description="Model name; optional when one model is served"),
+        overlay: bool = Query(True, description="Include the heatmap overlay as a base64 PNG"),
+    ) -> dict:
+        authorise(request)
+        served = choose(model)
+        name = image.filename or "upload"
+        try:
+            picture = decode_image(image.file.read(), name)
+        except ImageLoadError as error:
+            raise HTTPException(422, str(error)) from error
+        started = time.perf_counter()
+        try:
+            with served.lock:
+                prediction = served.model.predict([picture])[0]
+        except PatchCoreError as error:
+            raise HTTPException(422, f"{name}: {error}") from error
+        body = {
+            "model": served.name,
+            "filename": name,
+            "width": picture.width,
+            "height": picture.height,
+            "score": prediction.score,
+            "normalised_score": prediction.normalised_score,
+            "threshold": prediction.threshold,
+            "false_alarm_rate": served.model.false_alarm_rate,
+            "is_anomalous": prediction.is_anomalous,
+            "decision": None if prediction.is_anomalous is None else ("defect" if prediction.is_anomalous else "good"),
+            "seconds": time.perf_counter() - started,
+        }
+        if overlay:
+            png = overlay_png(picture, prediction.anomaly_map, served.model.nominal_map_range_)
+            body["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
+        return body
+
+    return app
+
+
+def summary(served: ServedModel) -> dict:
+    threshold = served.model.decision_threshold()
+    return {
+        "name": served.name,
+        "method": served.manifest.get("method", "patchcore"),
+        "backbone": served.manifest.get("backbone", {}).get("name"),
+        "n_train_images": served.manifest.get("n_train_images"),
+        "threshold": None if threshold is None else threshold.value,
+        "false_alarm_rate": served.model.false_alarm_rate,
+    }

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from patchcore.model import PatchCore
+from patchcore.thresholds import f1_optimal_threshold, threshold_at_false_alarm_rate
+
+
+def test_threshold_flags_at_most_the_rate_of_held_out_good_scores() -> None:
+    nominal = np.arange(1.0, 201.0)  # 200 good scores 1..200
+    threshold = threshold_at_false_alarm_rate(nominal, 0.05)
+    assert threshold.value == 191.0  # 9 of 200 above it = 4.5 %; the next lower score would flag 5.5 %
+    assert (nominal > threshold.value).mean() <= 0.05
+    assert threshold.normalise(threshold.value) == 0.5
+    assert threshold.normalise(191.0 + threshold.nominal_spread) == pytest.approx(1 / (1 + np.exp(-1)))
+    assert threshold.normalise(-1e9) == 0.0 and threshold.normalise(1e9) == 1.0
+    assert not threshold.is_anomalous(191.0) and threshold.is_anomalous(191.5)
+
+
+def test_few_held_out_images_put_the_threshold_at_the_highest_one() -> None:
+    assert threshold_at_false_alarm_rate(np.array([3.0, 1.0, 2.0]), 0.01).value == 3.0
+    assert threshold_at_false_alarm_rate(np.empty(0), 0.01) is None
+    with pytest.raises(ValueError, match="false_alarm_rate must be in"):
+        threshold_at_false_alarm_rate(np.ones(3), 0.0)
+
+
+def test_f1_optimal_threshold_by_hand() -> None:
+    labels = np.array([0, 0, 0, 1, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    # >= 0.4 flags 4 images, 3 defects: precision 3/4, recall 1 -> F1 6/7, the best of all cuts.
+    threshold, f1 = f1_optimal_threshold(labels, scores)
+    assert threshold == 0.4 and f1 == pytest.approx(6 / 7)
+    with pytest.raises(ValueError, match="both good and defective"):
+        f1_optimal_threshold(np.zeros(3), scores[:3])
+
+
+def test_predictions_carry_the_decision_from_held_out_good_images(fitted_model, good_test_crops, defect_crop) -> None:
+    threshold = fitted_model.decision_threshold()
+    assert threshold.value == fitted_model.nominal_scores_.max()  # 4 held-out images: 1 % -> the highest
+    defect = fitted_model.predict([defect_crop[0]])[0]
+    assert defect.is_anomalous and defect.threshold == threshold.value and defect.normalised_score > 0.5
+    # These good crops come from other rows of the photo than the training ones and score higher than
+    # the held-out crops; what must hold is that decision, threshold and normalised score agree.
+    for prediction in fitted_model.predict(good_test_crops):
+        assert prediction.is_anomalous == (prediction.score > threshold.value)
+        assert (prediction.normalised_score > 0.5) == prediction.is_anomalous
+
+
+def test_changing_the_false_alarm_rate_of_a_fitted_model_moves_the_threshold(fitted_model) -> None:
+    scores = np.sort(fitted_model.nominal_scores_)
+    try:
+        fitted_model.false_alarm_rate = 0.5
+        assert fitted_model.decision_threshold().value == np.quantile(scores, 0.5, method="higher")
+    finally:
+        fitted_model.false_alarm_rate = 0.01
+
+
+def test_without_held_out_images_there_is_no_decision(train_crops, defect_crop) -> None:
+    model = PatchCore(holdout_fraction=0.0, coreset_ratio=0.05).fit(train_crops[:6])
+    prediction = model.predict([defect_crop[0]])[0]
+    assert model.decision_threshold() is None
+    assert prediction.is_anomalous is None and prediction.normalised_score is None and prediction.score > 0
