@@ -50,6 +50,30 @@ def test_evaluate_command_writes_table_json_and_maps(tmp_path: Path) -> None:
     assert brick["per_defect_image_auroc"] == {"paste": 100.0}
     assert "| brick | 100.0 |" in (tmp_path / "eval" / "results.md").read_text()
     assert len(list((tmp_path / "eval" / "maps" / "brick").rglob("*.png"))) == 5
+    # No held-out images: no threshold; the hindsight F1 is perfect since the AUROC is.
+    assert brick["threshold"] is None and brick["test_recall"] is None
+    assert brick["f1_optimal"] == 100.0
+
+
+def test_evaluate_report_and_threshold_columns(tmp_path: Path) -> None:
+    small_texture_category(tmp_path / "data")
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "eval"), "--report", str(tmp_path / "report"),
+         "--coreset-ratio", "0.1", "--holdout-fraction", "0.2", "--false-alarm-rate", "0.5"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    brick = json.loads((tmp_path / "eval" / "results.json").read_text())["results"][0]
+    assert brick["false_alarm_rate"] == 50.0 and brick["threshold"] > 0
+    # The rates are counts over 3 good and 2 defective test images.
+    assert brick["test_false_alarm_rate"] in (0.0, 100 / 3, 200 / 3, 100.0)
+    assert brick["test_recall"] in (0.0, 50.0, 100.0)
+    html = (tmp_path / "report" / "report.html").read_text()
+    for title in ("Summary", "image ROC curve", "PRO curve", "score histogram", "Hardest images"):
+        assert title in html
+    assert html.count("<figure>") == 5  # all 3 good and both defective test images (at most 4 + 4)
+    assert "src='http" not in html and "src=\"http" not in html  # self-contained
 
 
 def test_evaluate_checks_every_category_before_fitting(tmp_path: Path) -> None:

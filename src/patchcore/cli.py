@@ -297,6 +297,33 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", "out_file", default=None, type=click.Path(path_type=Path),
+              help="File to write (default: MODEL_DIR/model.onnx).")
+@click.option("--max-bank-rows", type=int, default=100_000, show_default=True,
+              help="Refuse larger memory banks: every patch is compared with every entry in the graph.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run the graph with onnxruntime on random inputs and compare with PyTorch.")
+def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_rows: int, check: bool) -> None:
+    """Export a saved PatchCore model as one ONNX graph: preprocessed images in, scores and maps out."""
+    from patchcore.export import check_against_pytorch, export_onnx
+
+    model = load_model(model_dir, device="cpu")
+    if not isinstance(model, PatchCore):
+        raise click.UsageError(f"{model_dir}: only PatchCore models export to ONNX, not {model.method}")
+    try:
+        path = export_onnx(model, out_file or model_dir / "model.onnx", max_bank_rows=max_bank_rows)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if check:
+        score_gap, map_gap = check_against_pytorch(model, path)
+        click.echo(f"onnxruntime vs. PyTorch on random inputs: largest score difference {score_gap:.2e}, "
+                   f"largest map difference {map_gap:.2e}")
+
+
+@main.command()
 def backbones() -> None:
     """List the backbones, their default taps and where their weights come from."""
     for name, spec in sorted(BACKBONES.items()):

@@ -1,0 +1,65 @@
+"""The ONNX graph against the library: same scores and maps on real images, within 1e-4."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+from patchcore.anomaly_maps import anomaly_map  # noqa: E402
+from patchcore.cli import main  # noqa: E402
+from patchcore.export import export_onnx  # noqa: E402
+from patchcore.images import load_image  # noqa: E402
+from patchcore.model import PatchCore  # noqa: E402
+from patchcore.padim import Padim  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exact_model(fitted_model, tmp_path_factory) -> PatchCore:
+    """The session model with exact search: the graph searches exactly, as the library's reference does."""
+    model = PatchCore.load(fitted_model.save(tmp_path_factory.mktemp("export") / "model"))
+    model.index = "exact"
+    model._set_bank(model.memory_bank_)
+    return model
+
+
+def test_onnx_scores_and_maps_match_the_library_on_real_images(exact_model, good_test_crops, defect_crop,
+                                                              tmp_path: Path) -> None:
+    path = export_onnx(exact_model, tmp_path / "model.onnx")
+    images = [*good_test_crops[:3], defect_crop[0]]
+    batch = torch.stack([exact_model.preprocessor_(load_image(image)) for image in images])
+    library_scores, grids = exact_model._score_batch(batch)
+    library_maps = np.stack([anomaly_map(grid, exact_model.image_size, exact_model.blur_sigma) for grid in grids])
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores, maps = session.run(None, {"images": batch.numpy()})
+    assert scores.shape == (4,) and maps.shape == (4, 224, 224)
+    np.testing.assert_allclose(scores, library_scores, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(maps, library_maps, atol=1e-4, rtol=0)
+    assert scores[3] > scores[:3].max()  # the defect is still the highest
+    one, _ = session.run(None, {"images": batch[3:].numpy()})  # another batch size, same graph
+    np.testing.assert_allclose(one, scores[3:], atol=1e-5)
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert metadata["backbone"] == "efficientnet_lite0" and '"crop_size": 224' in metadata["preprocessing"]
+
+
+def test_export_refuses_a_bank_over_the_limit_and_other_methods(exact_model, train_crops, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="more than the 100 an exported graph may hold"):
+        export_onnx(exact_model, tmp_path / "m.onnx", max_bank_rows=100)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    padim = Padim(holdout_fraction=0.0).fit(train_crops[:4])
+    with pytest.raises(ValueError, match="only PatchCore models export"):
+        export_onnx(padim, tmp_path / "p.onnx")
+
+
+def test_export_command_writes_and_checks_the_graph(fitted_model, tmp_path: Path) -> None:
+    model_dir = fitted_model.save(tmp_path / "model")
+    result = CliRunner().invoke(main, ["export", str(model_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (model_dir / "model.onnx").is_file()
+    gaps = [float(found) for found in re.findall(r"\d\.\d+e[+-]\d+", result.output)]
+    assert len(gaps) == 2 and max(gaps) < 1e-4, result.output

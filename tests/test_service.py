@@ -1,0 +1,96 @@
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from patchcore.service import create_app, load_models, parse_model_argument  # noqa: E402
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_dir(fitted_model, tmp_path_factory) -> Path:
+    return fitted_model.save(tmp_path_factory.mktemp("served") / "brick")
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path):
+    return load_models([str(model_dir), f"second={model_dir}"])
+
+
+@pytest.fixture(scope="module")
+def client(served) -> TestClient:
+    return TestClient(create_app(served, max_upload_bytes=2_000_000))
+
+
+def test_predict_returns_the_library_score_decision_and_overlay(client, served, fitted_model, defect_crop) -> None:
+    image = defect_crop[0]
+    response = client.post("/predict?model=brick", files={"image": ("defect.png", png_bytes(image), "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = fitted_model.predict([image])[0]
+    assert body["score"] == expected.score and body["threshold"] == expected.threshold
+    assert body["decision"] == "defect" and body["is_anomalous"] is True and body["normalised_score"] > 0.5
+    assert (body["width"], body["height"], body["filename"]) == (128, 128, "defect.png")
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == (128, 128)
+
+
+def test_health_models_manifest_and_schema(client, model_dir: Path) -> None:
+    assert client.get("/health").json()["models"] == ["brick", "second"]
+    listed = client.get("/models").json()
+    assert [m["name"] for m in listed] == ["brick", "second"] and listed[0]["threshold"] > 0
+    manifest = client.get("/model?model=second").json()
+    assert manifest == json.loads((model_dir / "manifest.json").read_text())
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/health", "/model", "/models"} <= set(schema["paths"])
+    page = client.get("/")
+    assert page.status_code == 200 and "PatchCore inspection" in page.text
+
+
+@pytest.mark.parametrize(
+    ("url", "payload", "status", "message"),
+    [
+        ("/predict?model=brick", b"", 422, "part.png: empty file"),
+        ("/predict?model=brick", b"not an image at all", 422, "part.png: not a readable image"),
+        ("/predict?model=brick", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 422, "part.png: not a readable image"),
+        ("/predict?model=nope", b"x", 404, "no model named 'nope'"),
+        ("/predict", b"x", 400, "several models are served"),
+        ("/predict?model=brick", b"x" * 2_100_000, 413, "upload larger than 2000000 bytes"),
+    ],
+)
+def test_bad_requests_get_a_json_error(client, url, payload, status, message) -> None:
+    response = client.post(url, files={"image": ("part.png", payload, "image/png")})
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_missing_file_field_is_a_422_naming_the_field(client) -> None:
+    response = client.post("/predict?model=brick", data={"other": "1"})
+    assert response.status_code == 422 and "image" in response.json()["error"]
+
+
+def test_api_key_is_required_when_set(served, defect_crop) -> None:
+    client = TestClient(create_app(served, api_key="s3cret"))
+    files = {"image": ("d.png", png_bytes(defect_crop[0]), "image/png")}
+    assert client.get("/health").status_code == 200
+    assert client.get("/models").status_code == 401
+    assert client.post("/predict?model=brick", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/predict?model=brick", files=files, headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+@pytest.mark.parametrize("argument", ["../etc=model", "a/b=model", "=model", "x" * 65 + "=model"])
+def test_model_names_are_validated(argument: str) -> None:
+    with pytest.raises(ValueError, match="model name"):
+        parse_model_argument(argument)

@@ -1,0 +1,94 @@
+"""The web page in a real headless browser: upload a defective texture photo, see the decision and overlay."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("CI"):
+    pytest.fail("CI must install Debian's chromium for the browser test (see .ci/run)", pytrace=False)
+if CHROMIUM is None:
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+
+from patchcore.service import create_app, load_models  # noqa: E402
+
+# As the machine notes say: without these, Chromium keeps trying to reach Google's hosts.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(fitted_model, tmp_path_factory):
+    model_dir = fitted_model.save(tmp_path_factory.mktemp("web") / "brick")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load_models([str(model_dir)])), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not start within 30 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(server_url, defect_crop, good_test_crops,
+                                                                          tmp_path: Path) -> None:
+    defect_file = tmp_path / "brick_with_gravel.png"
+    Image.fromarray(defect_crop[0]).save(defect_file)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server_url)
+            page.wait_for_selector("#model-select option[value='brick']", state="attached")
+            page.set_input_files("#file-input", str(defect_file))
+            card = page.locator(".result-card[data-decision]")
+            card.wait_for(timeout=60_000)
+            assert card.get_attribute("data-decision") == "defect"
+            assert card.locator(".decision").inner_text() == "DEFECT"
+            overlay = card.locator("img.overlay")
+            assert overlay.is_visible()
+            assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128
+            assert "score" in card.locator(".meta").inner_text()
+        finally:
+            browser.close()
+
+
+def test_a_folder_of_images_gets_a_batch_table(server_url, defect_crop, good_test_crops, tmp_path: Path) -> None:
+    files = []
+    for i, crop in enumerate([defect_crop[0], *good_test_crops[:2]]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(crop).save(files[-1])
+    (tmp_path / "notes.txt").write_text("not an image")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server_url)
+            page.wait_for_selector("#model-select option[value='brick']", state="attached")
+            page.set_input_files("#file-input", [str(f) for f in files] + [str(tmp_path / "notes.txt")])
+            page.wait_for_function("document.querySelectorAll('#batch tbody tr').length === 3", timeout=60_000)
+            rows = page.locator("#batch tbody tr")
+            assert rows.nth(0).locator("td").nth(0).inner_text() == "0.png"  # sorted by score: the defect first
+            assert rows.nth(0).locator("td").nth(1).inner_text() == "defect"
+            assert page.locator("#summary").inner_text().startswith("3 image(s)")
+        finally:
+            browser.close()
