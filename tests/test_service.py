@@ -94,3 +94,21 @@ def test_api_key_is_required_when_set(served, defect_crop) -> None:
 def test_model_names_are_validated(argument: str) -> None:
     with pytest.raises(ValueError, match="model name"):
         parse_model_argument(argument)
+
+
+def test_concurrent_requests_get_the_same_answers_as_the_library(client, fitted_model, good_test_crops,
+                                                                 defect_crop) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [defect_crop[0], *good_test_crops[:3]] * 3
+    expected = [p.score for p in fitted_model.predict(images)]
+
+    def post(index: int) -> float:
+        files = {"image": (f"{index}.png", png_bytes(images[index]), "image/png")}
+        response = client.post("/predict?model=second&overlay=false", files=files)
+        assert response.status_code == 200 and "overlay_png_base64" not in response.json()
+        return response.json()["score"]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        scores = list(pool.map(post, range(len(images))))
+    assert scores == expected

@@ -14,9 +14,9 @@ import click
 
 from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
 from patchcore.datasets import Category
-from patchcore.errors import PatchCoreError
+from patchcore.errors import ImageLoadError, PatchCoreError
 from patchcore.experiments import EXPERIMENTS
-from patchcore.images import IMAGE_SUFFIXES, list_images
+from patchcore.images import IMAGE_SUFFIXES, expand_image_inputs, list_images, load_image
 from patchcore.detector import Detector, Prediction
 from patchcore.methods import METHODS, get_method, load_model
 from patchcore.model import PatchCore
@@ -103,13 +103,38 @@ def explicit_options() -> list[str]:
             if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
+SKIP_BAD_HELP = "Skip files that are not readable images (listed at the end) instead of stopping at the first."
+
+
+def readable_images(files: Sequence[Path], skip_bad: bool) -> list[Path]:
+    """`files`, or with `skip_bad` those that decode, reporting the others; all unreadable is an error."""
+    if not skip_bad:
+        return list(files)
+    readable, bad = [], []
+    for file in files:
+        try:
+            load_image(file)
+            readable.append(file)
+        except ImageLoadError as error:
+            bad.append(str(error))
+    if bad:
+        click.echo(f"skipped {len(bad)} unreadable file(s):", err=True)
+        for message in bad:
+            click.echo(f"  {message}", err=True)
+    if not readable:
+        raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
+    return readable
+
+
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @_model_options
-def fit(data_dir: Path, out_dir: Path, **options) -> None:
+def fit(data_dir: Path, out_dir: Path, skip_bad: bool, **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, or an MVTec category whose train/good is used)."""
-    model = model_from_options(options, explicit_options()).fit(data_dir)
+    model = model_from_options(options, explicit_options())
+    model.fit(readable_images(expand_image_inputs(data_dir), skip_bad))
     model.save(out_dir)
     if isinstance(model, PatchCore):
         state = (f"memory bank {model.memory_bank_.shape[0]} x {model.memory_bank_.shape[1]} "
@@ -171,15 +196,16 @@ def write_predictions(model: Detector, predictions: Sequence[Prediction], names:
 @click.option("--weights", default=None, help="Backbone weights file, if not where the model was fitted.")
 @click.option("--false-alarm-rate", type=float, default=None,
               help="Override the model's rate of held-out good images the threshold may flag.")
+@click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
-            false_alarm_rate: float | None) -> None:
+            false_alarm_rate: float | None, skip_bad: bool) -> None:
     """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores, decisions and heatmaps."""
     model = load_model(model_dir, device=device, weights=weights)
     model.progress = True
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
         model.false_alarm_rate = false_alarm_rate
-    files = collect_images(images)
+    files = readable_images(collect_images(images), skip_bad)
     predictions = model.predict(files)
     write_predictions(model, predictions, output_names(files), out_dir)
     for prediction in predictions:

@@ -70,14 +70,16 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     if array.dtype == np.uint8:
         pixels = array
     elif np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0:
+            raise ImageLoadError(f"array of shape {array.shape}: negative pixel values")
         peak = max(int(array.max()), 1)
         pixels = (array.astype(np.float64) * (255.0 / peak)).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise ImageLoadError("array image contains NaN or infinite values")
+            raise ImageLoadError(f"array of shape {array.shape}: contains NaN or infinite values")
         pixels = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     else:
-        raise ImageLoadError(f"array of dtype {array.dtype}: expected uint8, uint16 or float")
+        raise ImageLoadError(f"array of shape {array.shape} and dtype {array.dtype}: expected uint8, uint16 or float")
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         return _to_rgb(Image.fromarray(pixels, "RGBA"))
     return Image.fromarray(pixels).convert("RGB")

@@ -17,6 +17,7 @@ from patchcore.errors import ModelFileError
 FORMAT_NAME = "patchcore-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_CHECKSUM = "manifest_sha256"
 
 
 def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
@@ -27,6 +28,7 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         files = {}
@@ -39,6 +41,7 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
             files[name] = {"file": filename, "sha256": file_sha256(staging / filename),
                            "shape": list(array.shape), "dtype": str(array.dtype)}
         document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "arrays": files}
+        document[MANIFEST_CHECKSUM] = manifest_sha256(document)
         with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2, sort_keys=True)
             handle.flush()
@@ -48,6 +51,19 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete what a save of `path` killed mid-way left beside it (staging and retired copies).
+
+    One process saves a given model directory at a time; a retired copy is only deleted while the
+    model itself is in place, so a crash between the two renames of a save never loses both.
+    """
+    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if (path / MANIFEST).is_file():
+        for leftover in path.parent.glob(f".{path.name}.old-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _replace_directory(staging: Path, path: Path) -> None:
@@ -81,6 +97,9 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
             f"{manifest_path}: format version {manifest.get('format_version')!r}; this patchcore reads "
             f"version {FORMAT_VERSION}. Refit the model or use the patchcore release that wrote it"
         )
+    recorded = manifest.pop(MANIFEST_CHECKSUM, None)  # absent in models saved before it existed
+    if recorded is not None and recorded != manifest_sha256(manifest):
+        raise ModelFileError(f"{manifest_path}: checksum mismatch; the manifest is corrupt or was modified")
     arrays = {}
     for name, entry in manifest.get("arrays", {}).items():
         file = path / Path(entry["file"]).name
@@ -96,6 +115,12 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
             raise ModelFileError(f"{file}: shape/dtype differ from the manifest")
         arrays[name] = array
     return manifest, arrays
+
+
+def manifest_sha256(document: dict[str, Any]) -> str:
+    """Checksum of a manifest's content, independent of its formatting (keys sorted, compact)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

@@ -1,0 +1,5 @@
+"""`python -m patchcore`: the command line."""
+
+from patchcore.cli import main
+
+main()
