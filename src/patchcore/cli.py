@@ -301,9 +301,11 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
 @click.option("--api-key", envvar="PATCHCORE_API_KEY", default=None,
               help="Require this key in the X-API-Key header (or set PATCHCORE_API_KEY).")
 @click.option("--max-upload-mb", type=float, default=20.0, show_default=True, help="Largest accepted request body.")
+@click.option("--body-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds a client may pause while sending its upload before getting 408.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
-          device: str | None) -> None:
+          body_timeout: float, device: str | None) -> None:
     """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
 
     POST /predict?model=NAME with an image file; GET /health, /models, /model?model=NAME, /docs;
@@ -317,9 +319,11 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
         loaded = load_models(list(models), device=device)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key)
+    app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
+                     body_timeout=body_timeout)
     click.echo(f"serving {', '.join(loaded)} on http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # Idle keep-alive connections are closed after 5 s; at most 64 requests are in flight at once.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5, limit_concurrency=64)
 
 
 @main.command()

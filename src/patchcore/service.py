@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -27,6 +28,7 @@ from patchcore.persistence import MANIFEST
 from patchcore.visualize import overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 API_KEY_HEADER = "x-api-key"
 
@@ -70,10 +72,11 @@ def load_models(arguments: list[str], device: str | None = None) -> dict[str, Se
 
 class BodySizeLimit:
     """ASGI middleware: reads the request body up to `limit` bytes and answers 413 beyond it, before any
-    parser sees it (the body, at most `limit` bytes, is then replayed to the app)."""
+    parser sees it (the body, at most `limit` bytes, is then replayed to the app); a client that
+    stops sending for `timeout` seconds gets 408 instead of holding a worker."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -86,7 +89,11 @@ class BodySizeLimit:
             return
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                await _send_json(send, 408, {"error": f"request body not received within {self.timeout:g} s"})
+                return
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -119,12 +126,13 @@ def create_app(
     models: dict[str, ServedModel],
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     api_key: str | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> FastAPI:
     """The service for already loaded models; `api_key` (if given) is required on every route but `/`
     and `/health`, in the X-API-Key header."""
     app = FastAPI(title="PatchCore inspection service", version=__version__,
                   description="Anomaly scores, good/defect decisions and heatmaps from PatchCore models.")
-    app.add_middleware(BodySizeLimit, limit=max_upload_bytes)
+    app.add_middleware(BodySizeLimit, limit=max_upload_bytes, timeout=body_timeout)
     page = files("patchcore").joinpath("web/index.html").read_text(encoding="utf-8")
 
     @app.exception_handler(StarletteHTTPException)
