@@ -96,3 +96,14 @@ def test_skip_bad_fits_and_predicts_around_unreadable_files(image_folder: Path, 
     assert predicted.exit_code == 0, predicted.output
     rows = json.loads((tmp_path / "p" / "scores.json").read_text())
     assert len(rows) == 12 and all(row["decision"] in ("good", "defect") for row in rows)
+
+
+def test_written_files_get_the_usual_permissions(fitted_model, tmp_path: Path) -> None:
+    from patchcore.persistence import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "a.txt", b"x")
+    model_dir = fitted_model.save(tmp_path / "model")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert model_dir.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patchcore.model import PatchCore
+from patchcore.persistence import usual_permissions
 
 DEFAULT_MAX_BANK_ROWS = 100_000
 OPSET = 17
@@ -113,6 +114,7 @@ def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT
                 opset_version=OPSET, dynamo=False,
             )
         _add_metadata(staging, model)
+        usual_permissions(Path(staging))
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -46,6 +46,7 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
             json.dump(document, handle, indent=2, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
+        usual_permissions(staging)
         _replace_directory(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -131,6 +132,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def usual_permissions(path: Path) -> None:
+    """Give a file or folder made by `tempfile` (owner-only) the permissions a plain open() would."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file via a temporary sibling and a rename: readers see the old file or the new, never half."""
     path = Path(path)
@@ -141,6 +149,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        usual_permissions(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
