@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	# The CPU build of torch; a plain `torch` would pull a multi-GB CUDA build.
 	$(PYTHON) -m pip install --quiet torch==2.13.0
-	$(PYTHON) -m pip install --quiet -e '.[data,elpv,test]'
+	$(PYTHON) -m pip install --quiet -e '.[data,elpv,ray,test]'
 	touch $@
 
 .PHONY: install demo test

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import inspect
-import io
-import json
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import click
@@ -17,13 +14,12 @@ from patchcore.datasets import Category
 from patchcore.errors import ImageLoadError, PatchCoreError
 from patchcore.experiments import EXPERIMENTS
 from patchcore.images import IMAGE_SUFFIXES, expand_image_inputs, list_images, load_image
-from patchcore.detector import Detector, Prediction
+from patchcore.detector import Detector
 from patchcore.methods import METHODS, get_method, load_model
 from patchcore.model import PatchCore
-from patchcore.persistence import atomic_write_bytes
+from patchcore.outputs import output_names, prediction_row, write_heatmaps, write_scores
 from patchcore.search import INDEX_KINDS
 from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE, validate_false_alarm_rate
-from patchcore.visualize import write_overlay
 
 
 class _Group(click.Group):
@@ -81,6 +77,41 @@ def _model_options(function):
     return function
 
 
+def _ray_options(function):
+    options = [
+        click.option("--ray", "use_ray", is_flag=True,
+                     help="Run in parallel on Ray (a local instance unless --ray-address); pip install 'patchcore[ray]'."),
+        click.option("--ray-address", default=None, help="Address of a running Ray cluster (implies --ray)."),
+        click.option("--ray-threads", type=int, default=None,
+                     help="Threads per Ray task or actor (default: as this process for fit/evaluate, so results "
+                          "are bit-identical to a serial run; 1 for predict)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def ray_settings(use_ray: bool, ray_address: str | None, ray_threads: int | None, default_threads: int) -> int | None:
+    """Connect to Ray when asked; the threads each task uses, or None for a serial run."""
+    if not (use_ray or ray_address):
+        if ray_threads is not None:
+            raise click.UsageError("--ray-threads needs --ray or --ray-address")
+        return None
+    from patchcore.distributed import connect
+
+    connect(ray_address)
+    threads = default_threads if ray_threads is None else ray_threads
+    if threads < 1:
+        raise click.UsageError(f"--ray-threads must be >= 1, got {threads}")
+    return threads
+
+
+def model_factory(options: dict, explicit: Sequence[str]) -> Callable[[], Detector]:
+    """A picklable recipe for fresh models (Ray ships it to workers), checked once here."""
+    model = model_from_options(dict(options), explicit)
+    return partial(type(model), **model.get_params())
+
+
 def model_from_options(options: dict, explicit: Sequence[str] = ()) -> Detector:
     """The detector the options describe; an option given on the command line that the method
     does not use is an error rather than silently ignored."""
@@ -102,6 +133,8 @@ def explicit_options() -> list[str]:
     return [name for name in context.params
             if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
+
+PREDICT_CHUNK = 64
 
 SKIP_BAD_HELP = "Skip files that are not readable images (listed at the end) instead of stopping at the first."
 
@@ -128,11 +161,21 @@ def readable_images(files: Sequence[Path], skip_bad: bool) -> list[Path]:
 
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Model directory to write (with --categories: a folder of them, one per category).")
+@click.option("--categories", default=None,
+              help="DATA_DIR is a root of categories: fit each ('all', 'mvtec' or a comma list) into OUT/NAME.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
+@_ray_options
 @_model_options
-def fit(data_dir: Path, out_dir: Path, skip_bad: bool, **options) -> None:
+def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, use_ray: bool,
+        ray_address: str | None, ray_threads: int | None, **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, or an MVTec category whose train/good is used)."""
+    if categories is not None:
+        fit_many(data_dir, out_dir, categories, skip_bad, use_ray, ray_address, ray_threads, options)
+        return
+    if use_ray or ray_address:
+        raise click.UsageError("--ray fits several categories in parallel: add --categories")
     model = model_from_options(options, explicit_options())
     model.fit(readable_images(expand_image_inputs(data_dir), skip_bad))
     model.save(out_dir)
@@ -142,6 +185,27 @@ def fit(data_dir: Path, out_dir: Path, skip_bad: bool, **options) -> None:
     else:
         state = f"{model.method} model"
     click.echo(f"fitted on {model.n_train_images_} images: {state}; saved to {out_dir}")
+
+
+def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray: bool, ray_address: str | None,
+             ray_threads: int | None, options: dict) -> None:
+    """One model per category of ROOT, serially or as Ray tasks."""
+    import torch
+
+    if skip_bad:
+        raise click.UsageError("--skip-bad fits one folder; with --categories fix or remove the bad files")
+    loaded = load_categories(root, None if categories == "all" else categories)
+    make_model = model_factory(options, explicit_options())
+    threads = ray_settings(use_ray, ray_address, ray_threads, torch.get_num_threads())
+    if threads is None:
+        for category in loaded:
+            model = make_model().fit(list(category.train_images)).save(out_dir / category.name)
+            click.echo(f"{category.name}: fitted on {len(category.train_images)} images; saved to {model}")
+        return
+    from patchcore.distributed import fit_categories
+
+    for done in fit_categories(loaded, make_model, out_dir, threads):
+        click.echo(f"{done['category']}: fitted on {done['n_train_images']} images; saved to {done['model_dir']}")
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -158,35 +222,6 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def output_names(files: Sequence[Path]) -> list[str]:
-    """Unique names for outputs: the path relative to the inputs' common folder, '/' -> '__'."""
-    absolute = [file.absolute() for file in files]
-    common = Path(os.path.commonpath([p.parent for p in absolute])) if absolute else Path()
-    return [str(p.relative_to(common).with_suffix("")).replace(os.sep, "__") for p in absolute]
-
-
-PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision"]
-
-
-def prediction_row(prediction: Prediction) -> dict:
-    decision = None if prediction.is_anomalous is None else ("defect" if prediction.is_anomalous else "good")
-    return {"image": prediction.source, "score": prediction.score, "normalised_score": prediction.normalised_score,
-            "threshold": prediction.threshold, "decision": decision}
-
-
-def write_predictions(model: Detector, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:
-    rows = [prediction_row(p) for p in predictions]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=PREDICTION_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out_dir / "scores.csv", text.getvalue().encode())
-    atomic_write_bytes(out_dir / "scores.json", json.dumps(rows, indent=2).encode())
-    for prediction, name in zip(predictions, names):
-        write_overlay(out_dir / "heatmaps" / f"{name}.png", prediction.source, prediction.anomaly_map,
-                      model.nominal_map_range_)
-
-
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -197,21 +232,46 @@ def write_predictions(model: Detector, predictions: Sequence[Prediction], names:
 @click.option("--false-alarm-rate", type=float, default=None,
               help="Override the model's rate of held-out good images the threshold may flag.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
+@click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
+@_ray_options
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
-            false_alarm_rate: float | None, skip_bad: bool) -> None:
+            false_alarm_rate: float | None, skip_bad: bool, workers: int, use_ray: bool, ray_address: str | None,
+            ray_threads: int | None) -> None:
     """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores, decisions and heatmaps."""
-    model = load_model(model_dir, device=device, weights=weights)
-    model.progress = True
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
-        model.false_alarm_rate = false_alarm_rate
+    threads = ray_settings(use_ray, ray_address, ray_threads, 1)
     files = readable_images(collect_images(images), skip_bad)
-    predictions = model.predict(files)
-    write_predictions(model, predictions, output_names(files), out_dir)
-    for prediction in predictions:
-        decision = prediction_row(prediction)["decision"] or "(no threshold)"
-        click.echo(f"{prediction.score:10.4f}  {decision:<14}  {prediction.source}")
-    click.echo(f"wrote {out_dir / 'scores.csv'} and {len(predictions)} heatmaps in {out_dir / 'heatmaps'}")
+    names = output_names(files)
+    if threads is None:
+        model = load_model(model_dir, device=device, weights=weights)
+        model.progress = True
+        if false_alarm_rate is not None:
+            model.false_alarm_rate = false_alarm_rate
+        rows = []
+        for start in range(0, len(files), PREDICT_CHUNK):  # a chunk of maps in memory at a time
+            predictions = model.predict(files[start : start + PREDICT_CHUNK])
+            write_heatmaps(model, predictions, names[start : start + PREDICT_CHUNK], out_dir)
+            rows += [prediction_row(p) for p in predictions]
+    else:
+        if device not in (None, "cpu") or weights is not None:
+            raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
+        if workers < 1:
+            raise click.UsageError(f"--workers must be >= 1, got {workers}")
+        from patchcore.distributed import predict_files, start_scorers
+
+        scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
+        rows = [row for chunk in predict_files(scorers, files, names, out_dir) for row in chunk]
+    write_scores(rows, out_dir)
+    for row in rows:
+        click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
+    click.echo(f"wrote {out_dir / 'scores.csv'} and {len(rows)} heatmaps in {out_dir / 'heatmaps'}")
+
+
+def echo_metrics(result) -> None:
+    pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
+    pro = "n/a" if result.pro is None else f"{result.pro:.1f}"
+    click.echo(f"  image AUROC {result.image_auroc:.1f}  pixel AUROC {pixel}  PRO {pro}")
 
 
 def load_categories(root: Path, categories: str | None) -> list[Category]:
@@ -235,30 +295,37 @@ def load_categories(root: Path, categories: str | None) -> list[Category]:
 @click.option("--save-maps", is_flag=True, help="Also write heatmap overlays of every test image.")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path),
               help="Also write report.html here: metrics, ROC, PRO, score histograms and hardest images.")
+@_ray_options
 @_model_options
 def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, report_dir: Path | None,
-             **options) -> None:
+             use_ray: bool, ray_address: str | None, ray_threads: int | None, **options) -> None:
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import sys
 
     from patchcore.evaluation import evaluate_category, write_results
 
+    import torch
+
     loaded = load_categories(root, categories)
-    explicit = explicit_options()
-    model_from_options(dict(options), explicit)  # a bad option fails before the first category
-    results = []
-    for category in loaded:
-        click.echo(f"{category.name}: {len(category.train_images)} train, {len(category.test_samples)} test images")
-        result = evaluate_category(
-            category, lambda: model_from_options(dict(options), explicit), out_dir / "maps" if save_maps else None,
-            details=report_dir is not None,
-        )
-        pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
-        pro = "n/a" if result.pro is None else f"{result.pro:.1f}"
-        click.echo(f"  image AUROC {result.image_auroc:.1f}  pixel AUROC {pixel}  PRO {pro}")
-        results.append(result)
+    make_model = model_factory(options, explicit_options())  # a bad option fails before the first category
+    maps_dir = out_dir / "maps" if save_maps else None
+    threads = ray_settings(use_ray, ray_address, ray_threads, torch.get_num_threads())
+    if threads is None:
+        results = []
+        for category in loaded:
+            click.echo(f"{category.name}: {len(category.train_images)} train, {len(category.test_samples)} test images")
+            results.append(evaluate_category(category, make_model, maps_dir, details=report_dir is not None))
+            echo_metrics(results[-1])
+    else:
+        from patchcore.distributed import evaluate_categories
+
+        click.echo(f"evaluating {len(loaded)} categories as Ray tasks, {threads} thread(s) each")
+        results = evaluate_categories(loaded, make_model, maps_dir, report_dir is not None, threads)
+        for result in results:
+            click.echo(f"{result.category}:")
+            echo_metrics(result)
     command = "patchcore " + " ".join(sys.argv[1:])
-    params = model_from_options(dict(options)).get_params()
+    params = make_model().get_params()
     click.echo(write_results(results, params, out_dir, command))
     click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
     if report_dir is not None:
@@ -400,7 +467,8 @@ def demo(out_dir: Path, category: str, device: str | None) -> None:
     model.save(out_dir / "model")
     files = collect_images([data_root / category / "test"])
     predictions = model.predict(files)
-    write_predictions(model, predictions, output_names(files), out_dir / "predictions")
+    write_heatmaps(model, predictions, output_names(files), out_dir / "predictions")
+    write_scores([prediction_row(p) for p in predictions], out_dir / "predictions")
     good = [p.score for p, f in zip(predictions, files) if f.parent.name == "good"]
     bad = [p.score for p, f in zip(predictions, files) if f.parent.name != "good"]
     from sklearn.metrics import roc_auc_score

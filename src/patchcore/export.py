@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from patchcore.model import PatchCore
 from patchcore.persistence import usual_permissions
 
 DEFAULT_MAX_BANK_ROWS = 100_000
-OPSET = 17
+OPSET = 18
 
 
 class ScoringGraph(nn.Module):
@@ -104,14 +103,11 @@ def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        # The tracer warns that shape arithmetic becomes constants: intended, the graph is for this
-        # crop size only (the batch dimension stays dynamic).
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with torch.no_grad():
             torch.onnx.export(
                 graph, (example,), staging, input_names=["images"], output_names=["scores", "anomaly_maps"],
-                dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "anomaly_maps": {0: "batch"}},
-                opset_version=OPSET, dynamo=False,
+                dynamic_shapes={"images": {0: batch}}, opset_version=OPSET, dynamo=True, verbose=False,
             )
         _add_metadata(staging, model)
         usual_permissions(Path(staging))

@@ -1,0 +1,67 @@
+"""Batch prediction throughput on Ray: 1 and 2 actors against the serial predict, same images.
+
+    python benchmarks/ray_throughput.py MODEL_DIR CATEGORY_DIR --repeat 3
+
+Scores every test image of CATEGORY_DIR (`--repeat` times over, as one list) and writes heatmaps
+to a temporary folder, as `patchcore predict` does: serially in this process (all cores, its
+default threads), then with Ray actors (1 thread each) for each count in `--workers`. Prints
+images per second and the speed-up over one actor. Actors are started and their model loaded
+before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from patchcore.datasets import load_category
+from patchcore.distributed import predict_files, start_scorers
+from patchcore.evaluation import machine_description
+from patchcore.methods import load_model
+from patchcore.outputs import output_names, write_heatmaps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("category", type=Path)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", default="1,2")
+    args = parser.parse_args()
+    category = load_category(args.category.parent, args.category.name)
+    files = [s.image for s in category.test_samples] * args.repeat
+    names = [f"{i:06d}" for i in range(len(files))]
+    print(f"Machine: {machine_description()}; {len(files)} images; Ray {ray.__version__}")
+    print("\n| run | images / s | vs. 1 actor |\n|---|---|---|")
+
+    model = load_model(args.model_dir, device="cpu")
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        for start in range(0, len(files), 64):
+            write_heatmaps(model, model.predict(files[start : start + 64]), names[start : start + 64], Path(out))
+        serial = len(files) / (time.perf_counter() - started)
+    print(f"| serial, this process ({torch.get_num_threads()} threads) | {serial:.1f} | |")
+
+    ray.init(num_cpus=max(int(w) for w in args.workers.split(",")), include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+    one_actor = None
+    for workers in (int(w) for w in args.workers.split(",")):
+        scorers = start_scorers(args.model_dir, workers, threads=1)
+        with tempfile.TemporaryDirectory() as out:
+            # Warm-up: one image per actor, so every actor has started and loaded the model.
+            list(predict_files(scorers, files[:workers], names[:workers], Path(out), chunk_size=1))
+            started = time.perf_counter()
+            for _ in predict_files(scorers, files, names, Path(out), chunk_size=32):
+                pass
+            rate = len(files) / (time.perf_counter() - started)
+        one_actor = one_actor or rate
+        print(f"| Ray, {workers} actor(s), 1 thread each | {rate:.1f} | {rate / one_actor:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
