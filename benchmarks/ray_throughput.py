@@ -32,18 +32,22 @@ def main() -> None:
     parser.add_argument("category", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--no-heatmaps", action="store_true", help="Scores only: no PNG overlays written.")
     args = parser.parse_args()
     category = load_category(args.category.parent, args.category.name)
     files = [s.image for s in category.test_samples] * args.repeat
     names = [f"{i:06d}" for i in range(len(files))]
-    print(f"Machine: {machine_description()}; {len(files)} images; Ray {ray.__version__}")
+    print(f"Machine: {machine_description()}; {len(files)} images; Ray {ray.__version__}; "
+          f"{'no heatmaps' if args.no_heatmaps else 'heatmaps written'}")
     print("\n| run | images / s | vs. 1 actor |\n|---|---|---|")
 
     model = load_model(args.model_dir, device="cpu")
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         for start in range(0, len(files), 64):
-            write_heatmaps(model, model.predict(files[start : start + 64]), names[start : start + 64], Path(out))
+            predictions = model.predict(files[start : start + 64])
+            if not args.no_heatmaps:
+                write_heatmaps(model, predictions, names[start : start + 64], Path(out))
         serial = len(files) / (time.perf_counter() - started)
     print(f"| serial, this process ({torch.get_num_threads()} threads) | {serial:.1f} | |")
 
@@ -54,9 +58,10 @@ def main() -> None:
         scorers = start_scorers(args.model_dir, workers, threads=1)
         with tempfile.TemporaryDirectory() as out:
             # Warm-up: one image per actor, so every actor has started and loaded the model.
-            list(predict_files(scorers, files[:workers], names[:workers], Path(out), chunk_size=1))
+            target = None if args.no_heatmaps else Path(out)
+            list(predict_files(scorers, files[:workers], names[:workers], target, chunk_size=1))
             started = time.perf_counter()
-            for _ in predict_files(scorers, files, names, Path(out), chunk_size=32):
+            for _ in predict_files(scorers, files, names, target, chunk_size=32):
                 pass
             rate = len(files) / (time.perf_counter() - started)
         one_actor = one_actor or rate
