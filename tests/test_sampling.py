@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import torch
 import pytest
 
 from patchcore.sampling import coreset_size, covering_radius, greedy_coreset, random_subsample
@@ -78,3 +79,16 @@ def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarr
     batched = greedy_coreset(points, 300, projection_dim=128, seed=0, candidates=candidates)
     assert batched[0] == plain[0] == start
     assert set(batched.tolist()) == set(plain.tolist())
+
+
+def test_projection_only_when_it_at_least_halves_the_dimension() -> None:
+    from patchcore.sampling import random_projection
+
+    narrow = torch.randn(10, 152)
+    assert random_projection(narrow, 128, seed=0) is narrow  # no copy of the bank for 152 -> 128
+    wide = torch.randn(10, 256)
+    projected = random_projection(wide, 128, seed=0)
+    assert projected.shape == (10, 128)
+    # Johnson-Lindenstrauss: distances kept on average (here within 30 % for a pair, seeded).
+    ratio = torch.dist(projected[0], projected[1]) / torch.dist(wide[0], wide[1])
+    assert 0.7 < float(ratio) < 1.3

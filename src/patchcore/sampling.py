@@ -19,8 +19,13 @@ def coreset_size(n_total: int, ratio: float) -> int:
 
 
 def random_projection(features: torch.Tensor, projection_dim: int, seed: int) -> torch.Tensor:
-    """Johnson-Lindenstrauss projection to `projection_dim` dims; features already that small stay as they are."""
-    if projection_dim <= 0 or features.shape[1] <= projection_dim:
+    """Johnson-Lindenstrauss projection to `projection_dim` dims.
+
+    Features with fewer than twice `projection_dim` dims stay as they are: the projection would save
+    under half of the search's arithmetic and cost a copy of the whole bank (Lite0's 152 dims to 128
+    measured 0.84x the bank's memory on a 2-million-patch fit).
+    """
+    if projection_dim <= 0 or features.shape[1] < 2 * projection_dim:
         return features
     generator = torch.Generator().manual_seed(seed)
     matrix = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
