@@ -23,11 +23,14 @@ def main() -> None:
     parser.add_argument("--categories", default=None, help="Comma list (default: all under ROOT).")
     parser.add_argument("--indexes", default="exact,ivf")
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
+    parser.add_argument("--feature-dim", default=None, help="An integer, or 'raw' (every tapped channel).")
     args = parser.parse_args()
     names = args.categories.split(",") if args.categories else discover_categories(args.root)
     for name in names:
         category = load_category(args.root, name)
-        model = PatchCore(coreset_ratio=args.coreset_ratio, holdout_fraction=0.0).fit(list(category.train_images))
+        feature_dim = args.feature_dim if args.feature_dim in (None, "raw") else int(args.feature_dim)
+        model = PatchCore(coreset_ratio=args.coreset_ratio, holdout_fraction=0.0, feature_dim=feature_dim)
+        model.fit(list(category.train_images))
         for index in args.indexes.split(","):
             model.index = index
             model._set_bank(model.memory_bank_)  # the same bank, searched by another index

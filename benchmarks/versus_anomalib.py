@@ -66,8 +66,9 @@ def batches_of(images: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 
 def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) -> dict:
+    feature_dim = "raw" if args.feature_dim == "raw" else (int(args.feature_dim) if args.feature_dim else None)
     model = PatchCore(backbone=args.backbone, coreset_ratio=args.coreset_ratio, holdout_fraction=0.0,
-                      batch_size=16)
+                      batch_size=16, feature_dim=feature_dim)
     started = time.perf_counter()
     model.fit(train)
     fit_seconds = time.perf_counter() - started
@@ -216,6 +217,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feature-dim", default=None, help="Ours: an integer, or 'raw' for anomalib's merge.")
+    parser.add_argument("--only", default=None, help="Comma list of backbone, ours, anomalib (default: all).")
     parser.add_argument("--child", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -223,14 +226,16 @@ def main() -> None:
         return
 
     results = {}
-    for name in ("backbone", "ours", "anomalib"):
+    for name in args.only.split(",") if args.only else ("backbone", "ours", "anomalib"):
         command = [sys.executable, __file__, str(args.category), "--child", name, "--coreset-ratio",
                    str(args.coreset_ratio), "--backbone", args.backbone, "--repeats", str(args.repeats),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), *(["--feature-dim", args.feature_dim] if args.feature_dim else [])]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
 
+    if set(results) != {"backbone", "ours", "anomalib"}:
+        return  # a partial run: the JSON lines above are its result
     ours, theirs, floor = results["ours"], results["anomalib"], results["backbone"]
     print(f"Machine: {machine_description()}. Category {args.category.name} ({ours['n_train']} train, "
           f"{ours['n_test']} test images), backbone {args.backbone}, coreset {args.coreset_ratio:.0%}, "

@@ -105,3 +105,15 @@ def test_random_and_full_banks(train_crops) -> None:
     assert full.memory_bank_.shape[0] == 4 * 28 * 28
     sampled = PatchCore(sampler="random", coreset_ratio=0.25, holdout_fraction=0.0).fit(train_crops[:4])
     assert sampled.memory_bank_.shape[0] == 4 * 28 * 28 // 4
+
+
+def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_crops, tmp_path: Path) -> None:
+    model = PatchCore(feature_dim="raw", coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4])
+    assert model.memory_bank_.shape[1] == 40 + 112  # Lite0's two taps, not pooled to 76 + 76
+    loaded = PatchCore.load(model.save(tmp_path / "raw"))
+    assert loaded.feature_dim == "raw"
+    grid = loaded.patch_features(train_crops[0])[0]
+    pooled = PatchCore(coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4]).patch_features(train_crops[0])[0]
+    assert grid.shape == pooled.shape == (28, 28, 152) and not np.allclose(grid, pooled)
+    with pytest.raises(ValueError, match="feature_dim must be a positive integer, 'raw' or None"):
+        PatchCore(feature_dim="wide").fit(train_crops[:4])

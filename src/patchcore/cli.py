@@ -38,6 +38,15 @@ def main() -> None:
     """PatchCore anomaly detection: fit on good images, then score and locate defects."""
 
 
+def feature_dim_value(text: str | int) -> int | str:
+    """--feature-dim: a positive integer or 'raw'."""
+    if text == "raw" or isinstance(text, int):
+        return text
+    if not str(text).isdigit() or int(text) < 1:
+        raise click.BadParameter(f"{text!r}: give a positive integer or 'raw'")
+    return int(text)
+
+
 def _model_options(function):
     options = [
         click.option("--method", default="patchcore", show_default=True, type=click.Choice(sorted(METHODS)),
@@ -47,7 +56,9 @@ def _model_options(function):
         click.option("--weights", default=None,
                      help="Backbone weights: a state-dict file, 'torch-hub', or 'random'. Default: the packaged ones."),
         click.option("--layers", default=None, help="Comma-separated feature taps, e.g. layer2,layer3."),
-        click.option("--feature-dim", type=int, default=None, help="Patch feature dimension (default per backbone)."),
+        click.option("--feature-dim", type=feature_dim_value, default=None,
+                     help="Patch feature dimension, levels pooled to equal shares (default per backbone); "
+                          "'raw' concatenates every tapped channel, as anomalib does."),
         click.option("--patch-size", type=int, default=3, show_default=True, help="Neighbourhood p of Eq. 1."),
         click.option("--patch-stride", type=int, default=1, show_default=True, help="Stride s on the patch grid (Eq. 3)."),
         click.option("--sampler", default="greedy_coreset", show_default=True,
@@ -136,7 +147,7 @@ def explicit_options() -> list[str]:
 
 PREDICT_CHUNK = 64
 
-SKIP_BAD_HELP = "Skip files that are not readable images (listed at the end) instead of stopping at the first."
+SKIP_BAD_HELP = "Skip files that are not readable images (each listed, with why) instead of stopping at the first."
 
 
 def readable_images(files: Sequence[Path], skip_bad: bool) -> list[Path]:

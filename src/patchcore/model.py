@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from patchcore.images import ImageInput, expand_image_inputs
 from patchcore.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
 from patchcore.search import INDEX_KINDS, make_index
 from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE
+
+RAW = "raw"
 
 NO_SAMPLING = "none"
 
@@ -36,7 +38,7 @@ class PatchCore(Detector):
         backbone: str = DEFAULT_BACKBONE,
         layers: Sequence[str] | None = None,
         weights: str | Path | None = None,
-        feature_dim: int | None = None,
+        feature_dim: int | Literal["raw"] | None = None,
         patch_size: int = 3,
         patch_stride: int = 1,
         sampler: str = "greedy_coreset",
@@ -84,11 +86,16 @@ class PatchCore(Detector):
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.index not in INDEX_KINDS:
             raise ValueError(f"unknown index {self.index!r}; choose from {INDEX_KINDS}")
+        if not (self.feature_dim is None or self.feature_dim == RAW
+                or (isinstance(self.feature_dim, int) and self.feature_dim >= 1)):
+            raise ValueError(f"feature_dim must be a positive integer, 'raw' or None, got {self.feature_dim!r}")
         if self.num_neighbours < 1:
             raise ValueError(f"num_neighbours must be >= 1, got {self.num_neighbours}")
 
     def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor:
-        feature_dim = self.feature_dim or backbone.spec.default_feature_dim
+        # "raw": every tapped channel concatenated (anomalib's merge); an int: levels pooled to equal
+        # shares of it (the official code's); None: the backbone's default int.
+        feature_dim = None if self.feature_dim == RAW else (self.feature_dim or backbone.spec.default_feature_dim)
         return FeatureExtractor(backbone, layers, self.patch_size, feature_dim, stride=self.patch_stride)
 
     # -- fitting ----------------------------------------------------------------------------
@@ -177,7 +184,7 @@ class PatchCore(Detector):
         return state, {"memory_bank": self.memory_bank_}
 
     def _resolved_params(self) -> dict[str, Any]:
-        return {"feature_dim": self.feature_dim_}
+        return {"feature_dim": RAW if self.feature_dim == RAW else self.feature_dim_}
 
     def _restore_state(self, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         bank = arrays["memory_bank"]
