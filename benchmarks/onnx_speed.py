@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,7 @@ from patchcore.evaluation import machine_description
 from patchcore.export import export_onnx
 from patchcore.images import load_image
 from patchcore.model import PatchCore
-
-
-def best_of(repeats: int, function) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+from timing import best_of  # benchmarks/timing.py, beside this script
 
 
 def main() -> None:

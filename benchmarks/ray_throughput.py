@@ -23,7 +23,7 @@ from patchcore.datasets import load_category
 from patchcore.distributed import predict_files, start_scorers
 from patchcore.evaluation import machine_description
 from patchcore.methods import load_model
-from patchcore.outputs import output_names, write_heatmaps
+from patchcore.outputs import write_heatmaps
 
 
 def main() -> None:

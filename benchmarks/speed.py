@@ -23,16 +23,7 @@ from patchcore.datasets import load_category
 from patchcore.evaluation import machine_description
 from patchcore.images import load_image
 from patchcore.model import PatchCore
-
-
-def best_of(repeats: int, function) -> float:
-    """Smallest wall time of `repeats` calls: the least disturbed by other work on the machine."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+from timing import best_of  # benchmarks/timing.py, beside this script
 
 
 def main() -> None:

@@ -36,19 +36,10 @@ from patchcore.evaluation import machine_description
 from patchcore.images import Preprocessor, load_image
 from patchcore.metrics import image_auroc
 from patchcore.model import PatchCore
+from timing import best_of  # benchmarks/timing.py, beside this script
 
 BATCH_SIZES = (1, 16)
 TIMED_IMAGES = 32
-
-
-def best_of(repeats: int, function) -> float:
-    """Smallest wall time of `repeats` calls: the least disturbed by other work on the machine."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def preprocessor(backbone: str) -> Preprocessor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,30 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory, train_crops: list[np.
     for i, crop in enumerate(train_crops[:12]):
         Image.fromarray(crop).save(folder / f"{i:02d}.png")
     return folder
+
+
+@contextmanager
+def serving(app) -> Iterator[int]:
+    """Run an ASGI app with uvicorn in a thread on a free loopback port; yields the port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not start within 30 s")
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -4,15 +4,15 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
+from conftest import serving  # noqa: E402
 from patchcore.service import create_app, load_models  # noqa: E402
 
 LOAD_TEST = Path(__file__).parents[1] / "benchmarks" / "load_test.py"
@@ -36,15 +36,7 @@ def test_bounded_load_gives_no_5xx_and_only_right_answers(fitted_model, good_tes
 
 def test_a_client_that_stops_sending_gets_408(fitted_model, tmp_path: Path) -> None:
     app = create_app(load_models([str(fitted_model.save(tmp_path / "model"))]), body_timeout=1.0)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
+    with serving(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                            b"Content-Length: 1000\r\n\r\n--b\r\n")  # then nothing more
@@ -53,6 +45,3 @@ def test_a_client_that_stops_sending_gets_408(fitted_model, tmp_path: Path) -> N
             waited = time.monotonic() - started
         assert reply.startswith("HTTP/1.1 408") and "not received within 1 s" in reply
         assert 0.5 < waited < 5
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

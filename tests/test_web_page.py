@@ -2,9 +2,6 @@
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,9 @@ if CHROMIUM is None and os.environ.get("CI"):
 if CHROMIUM is None:
     pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
+from conftest import serving  # noqa: E402
 from patchcore.service import create_app, load_models  # noqa: E402
 
 # As the machine notes say: without these, Chromium keeps trying to reach Google's hosts.
@@ -25,28 +23,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_url(fitted_model, tmp_path_factory):
     model_dir = fitted_model.save(tmp_path_factory.mktemp("web") / "brick")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(load_models([str(model_dir)])), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the service did not start within 30 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(load_models([str(model_dir)]))) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(server_url, defect_crop, good_test_crops,
