@@ -59,7 +59,7 @@ def batches_of(images: torch.Tensor, size: int) -> list[torch.Tensor]:
 def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) -> dict:
     feature_dim = "raw" if args.feature_dim == "raw" else (int(args.feature_dim) if args.feature_dim else None)
     model = PatchCore(backbone=args.backbone, coreset_ratio=args.coreset_ratio, holdout_fraction=0.0,
-                      batch_size=16, feature_dim=feature_dim)
+                      batch_size=16, feature_dim=feature_dim, seed=args.seed)
     started = time.perf_counter()
     model.fit(train)
     fit_seconds = time.perf_counter() - started
