@@ -39,6 +39,13 @@ class Prediction:
     normalised_score: float | None = None
     is_anomalous: bool | None = None
 
+    @property
+    def decision(self) -> str | None:
+        """'defect', 'good', or None without a threshold."""
+        if self.is_anomalous is None:
+            return None
+        return "defect" if self.is_anomalous else "good"
+
     @classmethod
     def decided(cls, score: float, anomaly_map: np.ndarray, source: str | None,
                 threshold: Threshold | None) -> "Prediction":

@@ -24,9 +24,8 @@ def output_names(files: Sequence[Path]) -> list[str]:
 
 
 def prediction_row(prediction: Prediction) -> dict:
-    decision = None if prediction.is_anomalous is None else ("defect" if prediction.is_anomalous else "good")
     return {"image": prediction.source, "score": prediction.score, "normalised_score": prediction.normalised_score,
-            "threshold": prediction.threshold, "decision": decision}
+            "threshold": prediction.threshold, "decision": prediction.decision}
 
 
 def write_heatmaps(model: Detector, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:

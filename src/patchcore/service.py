@@ -208,7 +208,7 @@ def create_app(
             "threshold": prediction.threshold,
             "false_alarm_rate": served.model.false_alarm_rate,
             "is_anomalous": prediction.is_anomalous,
-            "decision": None if prediction.is_anomalous is None else ("defect" if prediction.is_anomalous else "good"),
+            "decision": prediction.decision,
             "seconds": time.perf_counter() - started,
         }
         if overlay:
