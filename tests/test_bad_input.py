@@ -101,3 +101,9 @@ def test_one_pixel_image_and_unusual_paths(tmp_path: Path) -> None:
     (folder / "leer.png").write_bytes(b"")
     with pytest.raises(ImageLoadError, match="leer.png: not a readable image"):
         load_image(folder / "leer.png")
+
+
+def test_an_unknown_format_says_so_without_internal_object_names() -> None:
+    with pytest.raises(ImageLoadError) as caught:
+        decode_image(b"hello, not an image", "notes.png")
+    assert str(caught.value) == "notes.png: not a readable image (no known image format)"

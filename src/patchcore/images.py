@@ -44,7 +44,9 @@ def _decode(file: Path | io.BytesIO, name: str) -> Image.Image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError as error:  # its message repeats the file object, not worth showing
+        raise ImageLoadError(f"{name}: not a readable image (no known image format)") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"{name}: not a readable image ({error})") from error
 
 
