@@ -210,8 +210,9 @@ def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray
     threads = ray_settings(use_ray, ray_address, ray_threads, torch.get_num_threads())
     if threads is None:
         for category in loaded:
-            model = make_model().fit(list(category.train_images)).save(out_dir / category.name)
-            click.echo(f"{category.name}: fitted on {len(category.train_images)} images; saved to {model}")
+            model = make_model().fit(list(category.train_images))
+            saved = model.save(out_dir / category.name)
+            click.echo(f"{category.name}: fitted on {model.n_train_images_} images; saved to {saved}")
         return
     from patchcore.distributed import fit_categories
 
