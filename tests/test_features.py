@@ -67,3 +67,31 @@ def test_hierarchy_level_names_resolve_per_backbone() -> None:
     assert resolve_layers(lite2, ["level1", "blocks.9"]) == ("blocks.3", "blocks.9")
     with pytest.raises(ValueError, match="levels 1 to 4"):
         resolve_layers(lite0, ["level5"])
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_folded_batch_norms_leave_the_features_unchanged(name: str) -> None:
+    import copy
+
+    from torch import nn
+
+    from patchcore.backbones import load_backbone
+    from patchcore.backbones.fusion import fuse_batchnorm
+
+    weights = None if name.startswith("efficientnet") else "random"
+    backbone = load_backbone(name, weights)
+    if weights == "random":  # give the norms non-trivial statistics to fold
+        generator = torch.Generator().manual_seed(0)
+        for module in backbone.module.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    reference = copy.deepcopy(backbone.module).eval()
+    fused = fuse_batchnorm(copy.deepcopy(backbone.module))
+    assert not any(isinstance(m, nn.BatchNorm2d) for _, step in fused.stages() for m in step.modules())
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, got = images, images
+        for (_, plain), (_, folded) in zip(reference.stages(), fused.stages()):
+            expected, got = plain(expected), folded(got)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -58,6 +58,8 @@ class SameConv2d(nn.Conv2d):
 class MBConvBlock(nn.Module):
     """Inverted residual block: expand 1x1, depthwise kxk, project 1x1."""
 
+    conv_bn_pairs = (("expand_conv", "bn0"), ("depthwise_conv", "bn1"), ("project_conv", "bn2"))
+
     def __init__(self, in_channels: int, spec: StageSpec, stride: int) -> None:
         super().__init__()
         hidden = in_channels * spec.expand_ratio
@@ -81,6 +83,8 @@ class MBConvBlock(nn.Module):
 
 
 class _Stem(nn.Module):
+    conv_bn_pairs = (("conv", "bn"),)
+
     def __init__(self, conv: nn.Module, bn: nn.Module) -> None:
         super().__init__()
         self.conv, self.bn = conv, bn
@@ -91,6 +95,8 @@ class _Stem(nn.Module):
 
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite with state-dict keys of the Lite checkpoints, minus their leading underscores."""
+
+    conv_bn_pairs = (("conv_stem", "bn0"), ("conv_head", "bn1"))
 
     def __init__(self, stages: Sequence[StageSpec], num_classes: int = 1000) -> None:
         super().__init__()

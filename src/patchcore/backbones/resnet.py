@@ -8,6 +8,7 @@ from torch import nn
 
 class BasicBlock(nn.Module):
     expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, in_channels: int, planes: int, stride: int, width_per_group: int) -> None:
         super().__init__()
@@ -27,6 +28,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, in_channels: int, planes: int, stride: int, width_per_group: int) -> None:
         super().__init__()
@@ -58,6 +60,8 @@ def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
 
 class ResNet(nn.Module):
     """ResNet v1.5 (stride on the 3x3 conv), keys as torchvision's `resnet*` / `wide_resnet*`."""
+
+    conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(
         self,
