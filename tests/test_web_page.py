@@ -30,46 +30,44 @@ def server_url(fitted_model, tmp_path_factory):
         yield f"http://127.0.0.1:{port}/"
 
 
-def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(server_url, defect_crop, good_test_crops,
-                                                                          tmp_path: Path) -> None:
-    defect_file = tmp_path / "brick_with_gravel.png"
-    Image.fromarray(defect_crop[0]).save(defect_file)
+@pytest.fixture()
+def page(server_url):
+    """The service's page in headless chromium, once its model list has loaded."""
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.goto(server_url)
-            page.wait_for_selector("#model-select option[value='brick']", state="attached")
-            page.set_input_files("#file-input", str(defect_file))
-            card = page.locator(".result-card[data-decision]")
-            card.wait_for(timeout=60_000)
-            assert card.get_attribute("data-decision") == "defect"
-            assert card.locator(".decision").inner_text() == "DEFECT"
-            overlay = card.locator("img.overlay")
-            assert overlay.is_visible()
-            assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128
-            assert "score" in card.locator(".meta").inner_text()
+            opened = browser.new_page()
+            opened.goto(server_url)
+            opened.wait_for_selector("#model-select option[value='brick']", state="attached")
+            yield opened
         finally:
             browser.close()
 
 
-def test_a_folder_of_images_gets_a_batch_table(server_url, defect_crop, good_test_crops, tmp_path: Path) -> None:
+def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(page, defect_crop,
+                                                                          tmp_path: Path) -> None:
+    defect_file = tmp_path / "brick_with_gravel.png"
+    Image.fromarray(defect_crop[0]).save(defect_file)
+    page.set_input_files("#file-input", str(defect_file))
+    card = page.locator(".result-card[data-decision]")
+    card.wait_for(timeout=60_000)
+    assert card.get_attribute("data-decision") == "defect"
+    assert card.locator(".decision").inner_text() == "DEFECT"
+    overlay = card.locator("img.overlay")
+    assert overlay.is_visible()
+    assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128
+    assert "score" in card.locator(".meta").inner_text()
+
+
+def test_a_folder_of_images_gets_a_batch_table(page, defect_crop, good_test_crops, tmp_path: Path) -> None:
     files = []
     for i, crop in enumerate([defect_crop[0], *good_test_crops[:2]]):
         files.append(tmp_path / f"{i}.png")
         Image.fromarray(crop).save(files[-1])
     (tmp_path / "notes.txt").write_text("not an image")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(server_url)
-            page.wait_for_selector("#model-select option[value='brick']", state="attached")
-            page.set_input_files("#file-input", [str(f) for f in files] + [str(tmp_path / "notes.txt")])
-            page.wait_for_function("document.querySelectorAll('#batch tbody tr').length === 3", timeout=60_000)
-            rows = page.locator("#batch tbody tr")
-            assert rows.nth(0).locator("td").nth(0).inner_text() == "0.png"  # sorted by score: the defect first
-            assert rows.nth(0).locator("td").nth(1).inner_text() == "defect"
-            assert page.locator("#summary").inner_text().startswith("3 image(s)")
-        finally:
-            browser.close()
+    page.set_input_files("#file-input", [str(f) for f in files] + [str(tmp_path / "notes.txt")])
+    page.wait_for_function("document.querySelectorAll('#batch tbody tr').length === 3", timeout=60_000)
+    rows = page.locator("#batch tbody tr")
+    assert rows.nth(0).locator("td").nth(0).inner_text() == "0.png"  # sorted by score: the defect first
+    assert rows.nth(0).locator("td").nth(1).inner_text() == "defect"
+    assert page.locator("#summary").inner_text().startswith("3 image(s)")
