@@ -46,3 +46,16 @@ def test_anomaly_map_peak_stays_where_the_patch_is() -> None:
     # Patch (5, 20) covers pixels [40, 48) x [160, 168) on the stride-8 grid.
     assert 38 <= peak_y <= 50 and 158 <= peak_x <= 170
     assert amap.max() < 1.0  # the blur spreads the peak
+
+
+@pytest.mark.parametrize("shape, size, sigma", [((28, 28), 224, 4.0), ((14, 21), 96, 2.5), ((7, 7), 56, 0.0)])
+def test_anomaly_map_equals_upsampling_then_scipy_blur(shape: tuple[int, int], size: int, sigma: float) -> None:
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    scores = np.random.default_rng(0).random(shape).astype(np.float32) * 5
+    upsampled = F.interpolate(torch.from_numpy(scores)[None, None], size=(size, size), mode="bilinear",
+                              align_corners=False)[0, 0].numpy()
+    expected = gaussian_filter(upsampled, sigma=sigma) if sigma else upsampled
+    np.testing.assert_allclose(anomaly_map(scores, size, sigma), expected, atol=1e-5)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from patchcore.anomaly_maps import map_operator
 from patchcore.model import PatchCore
 from patchcore.persistence import usual_permissions
 
@@ -23,8 +23,8 @@ class ScoringGraph(nn.Module):
     """PatchCore's scoring as one module of tensor operations, for export: backbone and patch features,
     exact nearest-neighbour distances to the memory bank, Eq. 7 reweighting, and the blurred map.
 
-    The library searches with faiss and blurs with scipy; this module computes the same quantities
-    with matrix products and a separable convolution, so an ONNX runtime needs nothing else.
+    The library searches with faiss; this module computes the same quantities with matrix products
+    (the map with the library's own upsample-and-blur operators), so an ONNX runtime needs nothing else.
     """
 
     def __init__(self, model: PatchCore) -> None:
@@ -33,14 +33,12 @@ class ScoringGraph(nn.Module):
         bank = torch.from_numpy(np.ascontiguousarray(model.memory_bank_, dtype=np.float32))
         self.register_buffer("bank", bank)
         self.register_buffer("bank_squared_norms", (bank.double() ** 2).sum(dim=1).float())
-        self.map_size = model.image_size
         self.reweight = model.reweight and model.num_neighbours > 1
         self.num_neighbours = min(model.num_neighbours, len(bank))
-        radius = int(4.0 * model.blur_sigma + 0.5)  # scipy.ndimage.gaussian_filter's default truncate = 4
-        self.blur_radius = radius if model.blur_sigma > 0 else 0
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        kernel = torch.exp(-0.5 * (offsets / max(model.blur_sigma, 1e-12)) ** 2)
-        self.register_buffer("blur_kernel", (kernel / kernel.sum()).float())
+        height, width = model.feature_grid_
+        for name, grid_size in (("map_rows", height), ("map_columns", width)):
+            operator = map_operator(grid_size, model.image_size, float(model.blur_sigma))
+            self.register_buffer(name, operator.clone())
 
     def squared_distances(self, queries: torch.Tensor) -> torch.Tensor:
         query_norms = (queries * queries).sum(dim=1, keepdim=True)
@@ -61,24 +59,8 @@ class ScoringGraph(nn.Module):
             worst_patch = patches.gather(1, worst[:, :, None].expand(batch, 1, dim))
             to_support = (self.bank[support] - worst_patch).pow(2).sum(dim=2).sqrt()
             scores = (1.0 - torch.softmax(to_support, dim=1)[:, 0]) * scores
-        grid = patch_scores.reshape(batch, 1, height, width)
-        maps = F.interpolate(grid, size=(self.map_size, self.map_size), mode="bilinear", align_corners=False)
-        return scores, self.blur(maps)[:, 0]
-
-    def blur(self, maps: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian with scipy's 'reflect' border (edge pixel repeated: d c b a | a b c d)."""
-        radius = self.blur_radius
-        if radius == 0:
-            return maps
-        kernel = self.blur_kernel
-        for axis in (2, 3):
-            size = maps.shape[axis]
-            before = maps.narrow(axis, 0, radius).flip(axis)
-            after = maps.narrow(axis, size - radius, radius).flip(axis)
-            padded = torch.cat([before, maps, after], dim=axis)
-            weight = kernel.reshape(1, 1, -1, 1) if axis == 2 else kernel.reshape(1, 1, 1, -1)
-            maps = F.conv2d(padded, weight)
-        return maps
+        maps = self.map_rows @ patch_scores.reshape(batch, height, width) @ self.map_columns.T
+        return scores, maps
 
 
 def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT_MAX_BANK_ROWS) -> Path:
@@ -94,8 +76,6 @@ def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT
             f"(each image compares every patch with every entry); refit with a smaller --coreset-ratio or "
             f"raise --max-bank-rows"
         )
-    if model.blur_sigma > 0 and int(4.0 * model.blur_sigma + 0.5) >= model.image_size:
-        raise ValueError(f"blur_sigma {model.blur_sigma} is too large for image_size {model.image_size}")
     graph = ScoringGraph(model).eval()
     example = torch.zeros(2, 3, model.image_size, model.image_size)
     path = Path(path)
