@@ -66,7 +66,7 @@ def _model_options(function):
         click.option("--coreset-ratio", type=float, default=0.1, show_default=True,
                      help="Share of patches kept in the memory bank."),
         click.option("--index", default="ivf", show_default=True, type=click.Choice(list(INDEX_KINDS)),
-                     help="Nearest-neighbour search: ivf (default, exact distances in the cells it visits), exact, ivfpq, hnsw."),
+                     help="Nearest-neighbour search: ivf (default: codes in the visited cells, best candidates re-ranked exactly), exact, ivfflat, ivfpq, hnsw."),
         click.option("--reweight/--no-reweight", default=True, show_default=True, help="Eq. 7 score reweighting."),
         click.option("--num-neighbours", type=int, default=9, show_default=True,
                      help="b of Eq. 7 (1: no reweighting)."),
