@@ -113,7 +113,13 @@ def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_
     loaded = PatchCore.load(model.save(tmp_path / "raw"))
     assert loaded.feature_dim == "raw"
     grid = loaded.patch_features(train_crops[0])[0]
-    pooled = PatchCore(coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4]).patch_features(train_crops[0])[0]
-    assert grid.shape == pooled.shape == (28, 28, 152) and not np.allclose(grid, pooled)
+    pooled = PatchCore(feature_dim=152, coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4])
+    pooled_grid = pooled.patch_features(train_crops[0])[0]
+    assert grid.shape == pooled_grid.shape == (28, 28, 152) and not np.allclose(grid, pooled_grid)
+    # Lite0's default merge is raw, and a saved default model says so (an old manifest's int still pools).
+    default = PatchCore.load(PatchCore(coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4]).save(tmp_path / "d"))
+    assert default.feature_dim == "raw"
+    np.testing.assert_array_equal(default.patch_features(train_crops[0])[0], grid)
+    assert PatchCore.load(pooled.save(tmp_path / "pooled")).feature_dim == 152
     with pytest.raises(ValueError, match="feature_dim must be a positive integer, 'raw' or None"):
         PatchCore(feature_dim="wide").fit(train_crops[:4])

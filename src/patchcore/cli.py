@@ -57,8 +57,8 @@ def _model_options(function):
                      help="Backbone weights: a state-dict file, 'torch-hub', or 'random'. Default: the packaged ones."),
         click.option("--layers", default=None, help="Comma-separated feature taps, e.g. layer2,layer3."),
         click.option("--feature-dim", type=feature_dim_value, default=None,
-                     help="Patch feature dimension, levels pooled to equal shares (default per backbone); "
-                          "'raw' concatenates every tapped channel, as anomalib does."),
+                     help="Patch feature dimension, levels pooled to equal shares; 'raw' concatenates every "
+                          "tapped channel, as anomalib does (default per backbone: raw for Lite0)."),
         click.option("--patch-size", type=int, default=3, show_default=True, help="Neighbourhood p of Eq. 1."),
         click.option("--patch-stride", type=int, default=1, show_default=True, help="Stride s on the patch grid (Eq. 3)."),
         click.option("--sampler", default="greedy_coreset", show_default=True,
@@ -437,7 +437,7 @@ def backbones() -> None:
     """List the backbones, their default taps and where their weights come from."""
     for name, spec in sorted(BACKBONES.items()):
         marker = "*" if name == DEFAULT_BACKBONE else " "
-        click.echo(f"{marker} {name:20s} taps {','.join(spec.default_layers):20s} dim {spec.default_feature_dim:5d}  {spec.description}")
+        click.echo(f"{marker} {name:20s} taps {','.join(spec.default_layers):20s} dim {spec.default_feature_dim!s:>5}  {spec.description}")
 
 
 @main.group()

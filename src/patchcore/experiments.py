@@ -141,8 +141,12 @@ def patch_size_and_levels(
     return _grid("Patch size and hierarchy levels", categories, settings, log)
 
 
-def _levels_model(backbone: str, weights: str | None, layers: list[str], feature_dim: int, seed: int) -> PatchCore:
-    """PatchCore on `layers` with the default dimension, or all channels where the taps have fewer."""
+def _levels_model(backbone: str, weights: str | None, layers: list[str], feature_dim: int | str, seed: int) -> PatchCore:
+    """PatchCore on `layers` with the default merge: raw, or the default dimension (all channels where
+    the taps have fewer)."""
+    if feature_dim == "raw":
+        return PatchCore(backbone=backbone, weights=weights, layers=layers, feature_dim="raw", coreset_ratio=0.01,
+                         seed=seed)
     loaded = load_backbone(backbone, weights)
     probe = FeatureExtractor(loaded, resolve_layers(loaded.spec, layers), 1, None)
     dim = min(feature_dim, probe.feature_dim)

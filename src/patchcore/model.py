@@ -94,9 +94,13 @@ class PatchCore(Detector):
 
     def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor:
         # "raw": every tapped channel concatenated (anomalib's merge); an int: levels pooled to equal
-        # shares of it (the official code's); None: the backbone's default int.
-        feature_dim = None if self.feature_dim == RAW else (self.feature_dim or backbone.spec.default_feature_dim)
-        return FeatureExtractor(backbone, layers, self.patch_size, feature_dim, stride=self.patch_stride)
+        # shares of it (the official code's); None: the backbone's default, one or the other.
+        feature_dim = self._merge(backbone)
+        return FeatureExtractor(backbone, layers, self.patch_size, None if feature_dim == RAW else feature_dim,
+                                stride=self.patch_stride)
+
+    def _merge(self, backbone: LoadedBackbone) -> int | Literal["raw"]:
+        return self.feature_dim or backbone.spec.default_feature_dim
 
     # -- fitting ----------------------------------------------------------------------------
 
@@ -184,7 +188,7 @@ class PatchCore(Detector):
         return state, {"memory_bank": self.memory_bank_}
 
     def _resolved_params(self) -> dict[str, Any]:
-        return {"feature_dim": RAW if self.feature_dim == RAW else self.feature_dim_}
+        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_}
 
     def _restore_state(self, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         bank = arrays["memory_bank"]

