@@ -79,11 +79,10 @@ class IVFIndex(NearestNeighbourIndex):
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         n_total, dim = bank.shape
-        # Fast-scan codes need an even dimension: a zero column changes no distance.
-        self._padding = dim % 2 if n_total >= SMALL_BANK else 0
         if n_total < SMALL_BANK:
-            self.n_lists_ = 0  # searched exactly
+            self._padding, self.n_lists_ = 0, 0  # searched exactly
             return faiss.IndexFlatL2(dim)
+        self._padding = dim % 2  # fast-scan codes need an even dimension; a zero column changes no distance
         n_lists = self.n_lists_ = self.n_lists or _ivf_lists(n_total)
         padded = dim + self._padding
         quantizer = faiss.IndexFlatL2(padded)
@@ -114,7 +113,7 @@ class IVFIndex(NearestNeighbourIndex):
 class IVFFlatIndex(NearestNeighbourIndex):
     """Inverted lists over the exact vectors: searches the `n_probe` nearest of `n_lists` k-means cells.
 
-    Distances to the vectors it visits are exact, like `IVFIndex`'s, which finds the same
+    Distances to the vectors it visits are exact, like `IVFIndex`'s, which finds nearly the same
     neighbours faster by scanning codes first; kept as its simpler reference.
     """
 
