@@ -37,7 +37,7 @@ from patchcore.evaluation import machine_description
 from patchcore.images import Preprocessor, load_image
 from patchcore.metrics import image_auroc
 from patchcore.model import PatchCore
-from timing import best_of, best_of_interleaved  # benchmarks/timing.py, beside this script
+from timing import best_of_interleaved  # benchmarks/timing.py, beside this script
 
 BATCH_SIZES = (1, 16)
 TIMED_IMAGES = 32
@@ -81,21 +81,12 @@ def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) ->
             for batch in batches:
                 model.extractor_._taps(batch.contiguous(memory_format=torch.channels_last))
 
-    timings = {}
-    for batch_size in BATCH_SIZES:
-        batches = batches_of(test[:TIMED_IMAGES], batch_size)
-        n_images = sum(len(b) for b in batches)
-        best = best_of_interleaved(args.repeats, {"predict": lambda: predict(batches),
-                                                  "backbone": lambda: backbone_alone(batches)})
-        timings[f"predict_ms_batch{batch_size}"] = 1000 * best["predict"] / n_images
-        timings[f"backbone_ms_batch{batch_size}"] = 1000 * best["backbone"] / n_images
     return {
         "fit_s": fit_seconds,
         "features_s": model.extraction_seconds_,
         "coreset_s": model.sampling_seconds_,
         "bank": list(model.memory_bank_.shape),
-        **timings,
-        "scores": predict(batches_of(test, 16)),
+        **timed_predictions(predict, test, args.repeats, backbone=backbone_alone),
     }
 
 
@@ -174,12 +165,17 @@ def fixed_padding(backbone: torch.nn.Module, size: int) -> torch.nn.Module:
     return backbone
 
 
-def timed_predictions(predict, test: torch.Tensor, repeats: int) -> dict:
+def timed_predictions(predict, test: torch.Tensor, repeats: int, backbone=None) -> dict:
+    """ms per image of `predict` at each batch size, and of `backbone` (the floor) timed in turn with it."""
     result = {}
     for batch_size in BATCH_SIZES:
         batches = batches_of(test[:TIMED_IMAGES], batch_size)
         n_images = sum(len(b) for b in batches)
-        result[f"predict_ms_batch{batch_size}"] = 1000 * best_of(repeats, lambda: predict(batches)) / n_images
+        functions = {"predict": lambda: predict(batches)}
+        if backbone is not None:
+            functions["backbone"] = lambda: backbone(batches)
+        for name, seconds in best_of_interleaved(repeats, functions).items():
+            result[f"{name}_ms_batch{batch_size}"] = 1000 * seconds / n_images
     result["scores"] = predict(batches_of(test, 16))
     return result
 

@@ -2,6 +2,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 from patchcore.anomaly_maps import anomaly_map, reweighting_factor
 from patchcore.model import PatchCore
@@ -50,10 +53,6 @@ def test_anomaly_map_peak_stays_where_the_patch_is() -> None:
 
 @pytest.mark.parametrize("shape, size, sigma", [((28, 28), 224, 4.0), ((14, 21), 96, 2.5), ((7, 7), 56, 0.0)])
 def test_anomaly_map_equals_upsampling_then_scipy_blur(shape: tuple[int, int], size: int, sigma: float) -> None:
-    import torch
-    import torch.nn.functional as F
-    from scipy.ndimage import gaussian_filter
-
     scores = np.random.default_rng(0).random(shape).astype(np.float32) * 5
     upsampled = F.interpolate(torch.from_numpy(scores)[None, None], size=(size, size), mode="bilinear",
                               align_corners=False)[0, 0].numpy()
