@@ -14,8 +14,8 @@ import copy
 import torch
 
 from patchcore.backbones import get_backbone_spec, load_backbone, resolve_layers
-from patchcore.evaluation import machine_description
-from patchcore.features import FeatureExtractor
+from patchcore.evaluation.evaluate import machine_description
+from patchcore.core.features import FeatureExtractor
 from timing import best_of  # benchmarks/timing.py, beside this script
 
 

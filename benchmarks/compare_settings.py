@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from patchcore.datasets import load_category
-from patchcore.evaluation import evaluate_category, machine_description
-from patchcore.model import PatchCore
+from patchcore.data.categories import load_category
+from patchcore.evaluation.evaluate import evaluate_category, machine_description
+from patchcore.core.patchcore import PatchCore
 
 SETTINGS: dict[str, dict] = {
     "lite2 blocks 6+14 (default)": {},

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.evaluation import machine_description
-from patchcore.sampling import coreset_size, covering_radius, greedy_coreset, random_projection
+from patchcore.evaluation.evaluate import machine_description
+from patchcore.core.sampling import coreset_size, covering_radius, greedy_coreset, random_projection
 
 
 def plain_greedy(points: np.ndarray, n_select: int, start: int) -> np.ndarray:
@@ -51,8 +51,8 @@ def clustered_bank(rows: int, dim: int, seed: int) -> np.ndarray:
 
 
 def category_bank(category: Path) -> np.ndarray:
-    from patchcore.datasets import load_category
-    from patchcore.model import PatchCore
+    from patchcore.data.categories import load_category
+    from patchcore.core.patchcore import PatchCore
 
     loaded = load_category(category.parent, category.name)
     model = PatchCore(sampler="random", coreset_ratio=0.01, holdout_fraction=0.0).fit(list(loaded.train_images))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from patchcore.datasets import load_category
-from patchcore.metrics import image_auroc
+from patchcore.data.categories import load_category
+from patchcore.evaluation.metrics import image_auroc
 
 
 def darkness_auroc(root: Path, name: str) -> float:

@@ -12,9 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from patchcore.datasets import discover_categories, load_category
-from patchcore.evaluation import evaluate_fitted
-from patchcore.model import PatchCore
+from patchcore.data.categories import discover_categories, load_category
+from patchcore.evaluation.evaluate import evaluate_fitted
+from patchcore.core.patchcore import PatchCore
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from patchcore.evaluation import machine_description
-from patchcore.model import PatchCore
-from patchcore.offline_benchmarks import texture_photo
+from patchcore.evaluation.evaluate import machine_description
+from patchcore.core.patchcore import PatchCore
+from patchcore.data.offline import texture_photo
 
 
 def random_crops(n_images: int, size: int, seed: int) -> list[np.ndarray]:

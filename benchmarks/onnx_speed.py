@@ -18,12 +18,12 @@ import numpy as np
 import onnxruntime
 import torch
 
-from patchcore.anomaly_maps import anomaly_map
-from patchcore.datasets import load_category
-from patchcore.evaluation import machine_description
-from patchcore.export import export_onnx
-from patchcore.images import load_image
-from patchcore.model import PatchCore
+from patchcore.core.scoring import anomaly_map
+from patchcore.data.categories import load_category
+from patchcore.evaluation.evaluate import machine_description
+from patchcore.apps.export import export_onnx
+from patchcore.io.images import load_image
+from patchcore.core.patchcore import PatchCore
 from timing import best_of  # benchmarks/timing.py, beside this script
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import ray
 import torch
 
-from patchcore.datasets import load_category
-from patchcore.distributed import predict_files, start_scorers
-from patchcore.evaluation import machine_description
+from patchcore.data.categories import load_category
+from patchcore.apps.distributed import predict_files, start_scorers
+from patchcore.evaluation.evaluate import machine_description
 from patchcore.methods import load_model
-from patchcore.outputs import write_heatmaps
+from patchcore.io.outputs import write_heatmaps
 
 
 def main() -> None:

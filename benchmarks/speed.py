@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.anomaly_maps import anomaly_map
-from patchcore.datasets import load_category
-from patchcore.evaluation import machine_description
-from patchcore.images import load_image
-from patchcore.model import PatchCore
+from patchcore.core.scoring import anomaly_map
+from patchcore.data.categories import load_category
+from patchcore.evaluation.evaluate import machine_description
+from patchcore.io.images import load_image
+from patchcore.core.patchcore import PatchCore
 from timing import best_of  # benchmarks/timing.py, beside this script
 
 

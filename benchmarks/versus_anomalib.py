@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.anomaly_maps import anomaly_map
+from patchcore.core.scoring import anomaly_map
 from patchcore.backbones import get_backbone_spec, load_backbone, resolve_layers
 from patchcore.backbones.efficientnet_lite import SameConv2d
-from patchcore.datasets import load_category
-from patchcore.evaluation import machine_description
-from patchcore.images import Preprocessor, load_image
-from patchcore.metrics import image_auroc
-from patchcore.model import PatchCore
+from patchcore.data.categories import load_category
+from patchcore.evaluation.evaluate import machine_description
+from patchcore.io.images import Preprocessor, load_image
+from patchcore.evaluation.metrics import image_auroc
+from patchcore.core.patchcore import PatchCore
 from timing import best_of_interleaved  # benchmarks/timing.py, beside this script
 
 BATCH_SIZES = (1, 16)

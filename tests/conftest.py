@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patchcore.model import PatchCore
-from patchcore.offline_benchmarks import texture_photo
+from patchcore.core.patchcore import PatchCore
+from patchcore.data.offline import texture_photo
 
 CROP = 128
 

@@ -6,8 +6,8 @@ from PIL import Image
 
 from patchcore.backbones import BACKBONES, get_backbone_spec, load_backbone
 from patchcore.errors import WeightsError
-from patchcore.images import Preprocessor
-from patchcore.offline_benchmarks import texture_photo  # noqa: F401  (scikit-image present)
+from patchcore.io.images import Preprocessor
+from patchcore.data.offline import texture_photo  # noqa: F401  (scikit-image present)
 
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from patchcore.errors import ImageLoadError
-from patchcore.images import array_to_image, decode_image, load_image
+from patchcore.io.images import array_to_image, decode_image, load_image
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from patchcore.ensemble import Ensemble
+from patchcore.baselines.ensemble import Ensemble
 from patchcore.errors import ModelFileError
-from patchcore.images import load_image
+from patchcore.io.images import load_image
 from patchcore.methods import load_model
-from patchcore.model import PatchCore
-from patchcore.padim import Padim
-from patchcore.spade import Spade
+from patchcore.core.patchcore import PatchCore
+from patchcore.baselines.padim import Padim
+from patchcore.baselines.spade import Spade
 
 
 @pytest.fixture(scope="module", params=["spade", "padim"])

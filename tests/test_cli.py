@@ -5,7 +5,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from patchcore.cli import main
+from patchcore.apps.cli import main
 
 
 def run(*args: str):

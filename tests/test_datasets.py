@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchcore.datasets import discover_categories, load_category, load_mask
+from patchcore.data.categories import discover_categories, load_category, load_mask
 from patchcore.errors import DatasetError
 
 

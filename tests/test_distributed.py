@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
-from patchcore.cli import main  # noqa: E402
+from patchcore.apps.cli import main  # noqa: E402
 from test_evaluation import small_texture_category  # noqa: E402
 
 
@@ -77,5 +77,5 @@ def test_the_core_does_not_import_ray() -> None:
     import subprocess
     import sys
 
-    code = "import sys, patchcore.cli, patchcore.model, patchcore.service; print('ray' in sys.modules)"
+    code = "import sys, patchcore.apps.cli, patchcore.core.patchcore, patchcore.apps.service; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

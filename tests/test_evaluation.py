@@ -5,8 +5,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from patchcore.cli import main
-from patchcore.offline_benchmarks import texture_photo
+from patchcore.apps.cli import main
+from patchcore.data.offline import texture_photo
 
 
 def small_texture_category(root: Path) -> None:

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchcore.datasets import load_category
-from patchcore.experiments import run_experiment
+from patchcore.data.categories import load_category
+from patchcore.evaluation.experiments import run_experiment
 from tests.conftest import paste_defect
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory, train_crops, good_test_crops, brick) -> Path:
-    from patchcore.offline_benchmarks import texture_photo
+    from patchcore.data.offline import texture_photo
 
     root = tmp_path_factory.mktemp("tiny")
     category = root / "brick"

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from patchcore.anomaly_maps import anomaly_map  # noqa: E402
-from patchcore.cli import main  # noqa: E402
-from patchcore.export import export_onnx  # noqa: E402
-from patchcore.images import load_image  # noqa: E402
-from patchcore.model import PatchCore  # noqa: E402
-from patchcore.padim import Padim  # noqa: E402
+from patchcore.core.scoring import anomaly_map  # noqa: E402
+from patchcore.apps.cli import main  # noqa: E402
+from patchcore.apps.export import export_onnx  # noqa: E402
+from patchcore.io.images import load_image  # noqa: E402
+from patchcore.core.patchcore import PatchCore  # noqa: E402
+from patchcore.baselines.padim import Padim  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from patchcore.backbones import load_backbone
-from patchcore.features import FeatureExtractor, channel_pooling_matrix
+from patchcore.core.features import FeatureExtractor, channel_pooling_matrix
 
 
 @pytest.mark.parametrize("in_channels,out_channels", [(1024, 512), (120, 48), (48, 84), (7, 7), (10, 3)])

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from patchcore.errors import DatasetError, ImageLoadError
-from patchcore.images import Preprocessor, list_images, load_image
+from patchcore.io.images import Preprocessor, list_images, load_image
 
 
 def test_modes_become_rgb(tmp_path: Path) -> None:

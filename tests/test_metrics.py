@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from patchcore.metrics import PixelMetrics, image_auroc
+from patchcore.evaluation.metrics import PixelMetrics, image_auroc
 
 
 @pytest.fixture()

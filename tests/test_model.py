@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from patchcore.errors import ModelFileError, NotFittedError
-from patchcore.model import PatchCore
+from patchcore.core.patchcore import PatchCore
 
 
 def test_pasted_defect_scores_higher_and_is_located(fitted_model, good_test_crops, defect_crop) -> None:

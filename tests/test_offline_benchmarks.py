@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchcore.datasets import load_category
+from patchcore.data.categories import load_category
 from patchcore.errors import DatasetError
-from patchcore.offline_benchmarks import CROP, DEFECTS, build_offline_benchmarks
+from patchcore.data.offline import CROP, DEFECTS, build_offline_benchmarks
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from patchcore.cli import main
+from patchcore.apps.cli import main
 from patchcore.errors import ModelFileError
-from patchcore.model import PatchCore
+from patchcore.core.patchcore import PatchCore
 
 
 def test_same_data_config_and_seed_give_bit_identical_banks_and_scores(train_crops, good_test_crops,
@@ -99,7 +99,7 @@ def test_skip_bad_fits_and_predicts_around_unreadable_files(image_folder: Path, 
 
 
 def test_written_files_get_the_usual_permissions(fitted_model, tmp_path: Path) -> None:
-    from patchcore.persistence import atomic_write_bytes
+    from patchcore.io.persistence import atomic_write_bytes
 
     umask = os.umask(0o022)
     os.umask(umask)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import pytest
 
-from patchcore.sampling import coreset_size, covering_radius, greedy_coreset, random_subsample
+from patchcore.core.sampling import coreset_size, covering_radius, greedy_coreset, random_subsample
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def _reconstruction_error(proxies: np.ndarray, points: np.ndarray) -> float:
 
 
 def test_learned_proxies_reconstruct_better_than_their_random_start(points: np.ndarray) -> None:
-    from patchcore.sampling import learned_proxies
+    from patchcore.core.sampling import learned_proxies
 
     start = learned_proxies(points, 60, seed=0, steps=0)
     learned = learned_proxies(points, 60, seed=0, steps=150)
@@ -72,7 +72,7 @@ def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarr
     import torch
     from tqdm import tqdm
 
-    from patchcore.sampling import _greedy_loop
+    from patchcore.core.sampling import _greedy_loop
 
     start = int(np.random.default_rng(0).integers(len(points)))
     plain = _greedy_loop(torch.from_numpy(points), 300, start, tqdm(disable=True))
@@ -82,7 +82,7 @@ def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarr
 
 
 def test_projection_only_when_it_at_least_halves_the_dimension() -> None:
-    from patchcore.sampling import random_projection
+    from patchcore.core.sampling import random_projection
 
     narrow = torch.randn(10, 152)
     assert random_projection(narrow, 128, seed=0) is narrow  # no copy of the bank for 152 -> 128

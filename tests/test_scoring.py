@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from patchcore.anomaly_maps import anomaly_map, reweighting_factor
-from patchcore.model import PatchCore
+from patchcore.core.scoring import anomaly_map, reweighting_factor
+from patchcore.core.patchcore import PatchCore
 
 
 def test_eq7_weight_by_hand() -> None:

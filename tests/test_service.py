@@ -10,7 +10,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from patchcore.service import create_app, load_models, parse_model_argument  # noqa: E402
+from patchcore.apps.service import create_app, load_models, parse_model_argument  # noqa: E402
 
 
 def png_bytes(array: np.ndarray) -> bytes:

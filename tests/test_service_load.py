@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("uvicorn")
 
 from conftest import serving  # noqa: E402
-from patchcore.service import create_app, load_models  # noqa: E402
+from patchcore.apps.service import create_app, load_models  # noqa: E402
 
 LOAD_TEST = Path(__file__).parents[1] / "benchmarks" / "load_test.py"
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from patchcore.model import PatchCore
-from patchcore.thresholds import f1_optimal_threshold, threshold_at_false_alarm_rate
+from patchcore.core.patchcore import PatchCore
+from patchcore.core.thresholds import f1_optimal_threshold, threshold_at_false_alarm_rate
 
 
 def test_threshold_flags_at_most_the_rate_of_held_out_good_scores() -> None:

@@ -16,7 +16,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
 from conftest import serving  # noqa: E402
-from patchcore.service import create_app, load_models  # noqa: E402
+from patchcore.apps.service import create_app, load_models  # noqa: E402
 
 # As the machine notes say: without these, Chromium keeps trying to reach Google's hosts.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

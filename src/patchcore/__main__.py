@@ -1,5 +1,5 @@
 """`python -m patchcore`: the command line."""
 
-from patchcore.cli import main
+from patchcore.apps.cli import main
 
 main()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from patchcore.detector import Detector
-from patchcore.model import PatchCore
-from patchcore.padim import Padim
-from patchcore.persistence import load_directory
-from patchcore.spade import Spade
+from patchcore.core.detector import Detector
+from patchcore.core.patchcore import PatchCore
+from patchcore.baselines.padim import Padim
+from patchcore.io.persistence import load_directory
+from patchcore.baselines.spade import Spade
 
 METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, Spade, Padim)}
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.datasets import GOOD, Category, load_mask
-from patchcore.metrics import PixelMetrics, image_auroc
-from patchcore.detector import Detector
-from patchcore.ensemble import Ensemble
-from patchcore.persistence import atomic_write_bytes
-from patchcore.thresholds import f1_optimal_threshold
-from patchcore.visualize import overlay_png, write_overlay
+from patchcore.data.categories import GOOD, Category, load_mask
+from patchcore.evaluation.metrics import PixelMetrics, image_auroc
+from patchcore.core.detector import Detector
+from patchcore.baselines.ensemble import Ensemble
+from patchcore.io.persistence import atomic_write_bytes
+from patchcore.core.thresholds import f1_optimal_threshold
+from patchcore.io.visualize import overlay_png, write_overlay
 
 GALLERY_SIZE = 4
 

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from patchcore.evaluation import CategoryResult, machine_description, markdown_table, mean_row  # noqa: E402
-from patchcore.persistence import atomic_write_bytes  # noqa: E402
+from patchcore.evaluation.evaluate import CategoryResult, machine_description, markdown_table, mean_row  # noqa: E402
+from patchcore.io.persistence import atomic_write_bytes  # noqa: E402
 
 PRO_LIMIT = 0.3
 

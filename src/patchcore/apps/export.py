@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from patchcore.anomaly_maps import map_operator
-from patchcore.model import PatchCore
-from patchcore.persistence import usual_permissions
+from patchcore.core.scoring import map_operator
+from patchcore.core.patchcore import PatchCore
+from patchcore.io.persistence import usual_permissions
 
 DEFAULT_MAX_BANK_ROWS = 100_000
 OPSET = 18

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from patchcore.datasets import Category
-from patchcore.detector import Detector
-from patchcore.evaluation import CategoryResult, evaluate_category
+from patchcore.data.categories import Category
+from patchcore.core.detector import Detector
+from patchcore.evaluation.evaluate import CategoryResult, evaluate_category
 from patchcore.methods import load_model
-from patchcore.outputs import prediction_row, write_heatmaps
+from patchcore.io.outputs import prediction_row, write_heatmaps
 
 
 def _ray():

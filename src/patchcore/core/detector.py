@@ -15,13 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from patchcore import __version__
-from patchcore.anomaly_maps import anomaly_map
+from patchcore.core.scoring import anomaly_map
 from patchcore.backbones import BackboneSpec, LoadedBackbone, get_backbone_spec, load_backbone, resolve_layers
 from patchcore.errors import ModelFileError, NotFittedError
-from patchcore.features import FeatureExtractor
-from patchcore.images import ImageInput, Preprocessor, expand_image_inputs, load_image
-from patchcore.persistence import load_directory, save_directory
-from patchcore.thresholds import Threshold, threshold_at_false_alarm_rate, validate_false_alarm_rate
+from patchcore.core.features import FeatureExtractor
+from patchcore.io.images import ImageInput, Preprocessor, expand_image_inputs, load_image
+from patchcore.io.persistence import load_directory, save_directory
+from patchcore.core.thresholds import Threshold, threshold_at_false_alarm_rate, validate_false_alarm_rate
 
 
 @dataclass

@@ -10,14 +10,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from patchcore.anomaly_maps import reweighting_factor
+from patchcore.core.scoring import reweighting_factor
 from patchcore.backbones import DEFAULT_BACKBONE, LoadedBackbone
-from patchcore.detector import Detector
-from patchcore.features import FeatureExtractor
-from patchcore.images import ImageInput, expand_image_inputs
-from patchcore.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
+from patchcore.core.detector import Detector
+from patchcore.core.features import FeatureExtractor
+from patchcore.io.images import ImageInput, expand_image_inputs
+from patchcore.core.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
 from patchcore.search import INDEX_KINDS, make_index
-from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE
+from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
 
 RAW = "raw"
 

@@ -9,9 +9,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from patchcore.detector import Detector, Prediction
-from patchcore.persistence import atomic_write_bytes
-from patchcore.visualize import write_overlay
+from patchcore.core.detector import Detector, Prediction
+from patchcore.io.persistence import atomic_write_bytes
+from patchcore.io.visualize import write_overlay
 
 PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision"]
 

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from patchcore.backbones import get_backbone_spec, load_backbone, resolve_layers
-from patchcore.datasets import Category
-from patchcore.detector import Detector
-from patchcore.ensemble import Ensemble
-from patchcore.evaluation import CategoryResult, evaluate_category, evaluate_fitted, machine_description
-from patchcore.features import FeatureExtractor
-from patchcore.metrics import image_auroc
+from patchcore.data.categories import Category
+from patchcore.core.detector import Detector
+from patchcore.baselines.ensemble import Ensemble
+from patchcore.evaluation.evaluate import CategoryResult, evaluate_category, evaluate_fitted, machine_description
+from patchcore.core.features import FeatureExtractor
+from patchcore.evaluation.metrics import image_auroc
 from patchcore.methods import METHODS
-from patchcore.model import PatchCore
-from patchcore.persistence import atomic_write_bytes
+from patchcore.core.patchcore import PatchCore
+from patchcore.io.persistence import atomic_write_bytes
 
 ModelFactory = Callable[[], Detector | Ensemble]
 

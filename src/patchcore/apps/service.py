@@ -20,12 +20,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from patchcore import __version__
-from patchcore.detector import Detector
+from patchcore.core.detector import Detector
 from patchcore.errors import ImageLoadError, PatchCoreError
-from patchcore.images import decode_image
+from patchcore.io.images import decode_image
 from patchcore.methods import load_model
-from patchcore.persistence import MANIFEST
-from patchcore.visualize import overlay_png
+from patchcore.io.persistence import MANIFEST
+from patchcore.io.visualize import overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0
@@ -133,7 +133,7 @@ def create_app(
     app = FastAPI(title="PatchCore inspection service", version=__version__,
                   description="Anomaly scores, good/defect decisions and heatmaps from PatchCore models.")
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes, timeout=body_timeout)
-    page = files("patchcore").joinpath("web/index.html").read_text(encoding="utf-8")
+    page = files("patchcore.apps").joinpath("web/index.html").read_text(encoding="utf-8")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

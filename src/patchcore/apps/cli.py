@@ -10,16 +10,16 @@ from pathlib import Path
 import click
 
 from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
-from patchcore.datasets import Category
+from patchcore.data.categories import Category
 from patchcore.errors import ImageLoadError, PatchCoreError
-from patchcore.experiments import EXPERIMENTS
-from patchcore.images import IMAGE_SUFFIXES, expand_image_inputs, list_images, load_image
-from patchcore.detector import Detector
+from patchcore.evaluation.experiments import EXPERIMENTS
+from patchcore.io.images import IMAGE_SUFFIXES, expand_image_inputs, list_images, load_image
+from patchcore.core.detector import Detector
 from patchcore.methods import METHODS, get_method, load_model
-from patchcore.model import PatchCore
-from patchcore.outputs import output_names, prediction_row, write_heatmaps, write_scores
+from patchcore.core.patchcore import PatchCore
+from patchcore.io.outputs import output_names, prediction_row, write_heatmaps, write_scores
 from patchcore.search import INDEX_KINDS
-from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE, validate_false_alarm_rate
+from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, validate_false_alarm_rate
 
 
 class _Group(click.Group):
@@ -108,7 +108,7 @@ def ray_settings(use_ray: bool, ray_address: str | None, ray_threads: int | None
         if ray_threads is not None:
             raise click.UsageError("--ray-threads needs --ray or --ray-address")
         return None
-    from patchcore.distributed import connect
+    from patchcore.apps.distributed import connect
 
     connect(ray_address)
     threads = default_threads if ray_threads is None else ray_threads
@@ -214,7 +214,7 @@ def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray
             saved = model.save(out_dir / category.name)
             click.echo(f"{category.name}: fitted on {model.n_train_images_} images; saved to {saved}")
         return
-    from patchcore.distributed import fit_categories
+    from patchcore.apps.distributed import fit_categories
 
     for done in fit_categories(loaded, make_model, out_dir, threads):
         click.echo(f"{done['category']}: fitted on {done['n_train_images']} images; saved to {done['model_dir']}")
@@ -270,7 +270,7 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
             raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
         if workers < 1:
             raise click.UsageError(f"--workers must be >= 1, got {workers}")
-        from patchcore.distributed import predict_files, start_scorers
+        from patchcore.apps.distributed import predict_files, start_scorers
 
         scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
         rows = [row for chunk in predict_files(scorers, files, names, out_dir) for row in chunk]
@@ -289,7 +289,7 @@ def echo_metrics(result) -> None:
 def load_categories(root: Path, categories: str | None) -> list[Category]:
     """The categories `--categories` names ('mvtec', a comma list, or all under ROOT), each checked
     before any long work starts."""
-    from patchcore.datasets import MVTEC_CATEGORIES, discover_categories, load_category
+    from patchcore.data.categories import MVTEC_CATEGORIES, discover_categories, load_category
 
     if categories == "mvtec":
         names = list(MVTEC_CATEGORIES)
@@ -314,7 +314,7 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import sys
 
-    from patchcore.evaluation import evaluate_category, write_results
+    from patchcore.evaluation.evaluate import evaluate_category, write_results
 
     import torch
 
@@ -329,7 +329,7 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
             results.append(evaluate_category(category, make_model, maps_dir, details=report_dir is not None))
             echo_metrics(results[-1])
     else:
-        from patchcore.distributed import evaluate_categories
+        from patchcore.apps.distributed import evaluate_categories
 
         click.echo(f"evaluating {len(loaded)} categories as Ray tasks, {threads} thread(s) each")
         results = evaluate_categories(loaded, make_model, maps_dir, report_dir is not None, threads)
@@ -341,7 +341,7 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     click.echo(write_results(results, params, out_dir, command))
     click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
     if report_dir is not None:
-        from patchcore.report import write_report
+        from patchcore.evaluation.report import write_report
 
         click.echo(f"wrote {write_report(results, params, report_dir, command)}")
 
@@ -362,7 +362,7 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
     """Run one of the paper's experiments (or all) on the categories under ROOT; write its table."""
     import sys
 
-    from patchcore.experiments import run_experiment
+    from patchcore.evaluation.experiments import run_experiment
 
     loaded = load_categories(root, categories)
     command = "patchcore " + " ".join(sys.argv[1:])
@@ -392,7 +392,7 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
     """
     import uvicorn
 
-    from patchcore.service import create_app, load_models
+    from patchcore.apps.service import create_app, load_models
 
     try:
         loaded = load_models(list(models), device=device)
@@ -416,7 +416,7 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
               help="Run the graph with onnxruntime on random inputs and compare with PyTorch.")
 def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_rows: int, check: bool) -> None:
     """Export a saved PatchCore model as one ONNX graph: preprocessed images in, scores and maps out."""
-    from patchcore.export import check_against_pytorch, export_onnx
+    from patchcore.apps.export import check_against_pytorch, export_onnx
 
     model = load_model(model_dir, device="cpu")
     if not isinstance(model, PatchCore):
@@ -452,7 +452,7 @@ def datasets() -> None:
 @click.option("--install", is_flag=True, help="pip-install missing source packages (scikit-image, elpv-dataset).")
 def build_offline(root: Path, categories: str | None, seed: int, install: bool) -> None:
     """Write the real-data offline benchmarks (textures with synthetic defects, ELPV) under ROOT."""
-    from patchcore.offline_benchmarks import (
+    from patchcore.data.offline import (
         OFFLINE_CATEGORIES,
         build_offline_benchmarks,
         install_packages,
@@ -472,7 +472,7 @@ def build_offline(root: Path, categories: str | None, seed: int, install: bool) 
 @click.option("--device", default=None)
 def demo(out_dir: Path, category: str, device: str | None) -> None:
     """Fit on real texture photos shipped with scikit-image and find synthetic defects on held-out crops."""
-    from patchcore.offline_benchmarks import build_offline_benchmarks
+    from patchcore.data.offline import build_offline_benchmarks
 
     data_root = build_offline_benchmarks(out_dir / "data", (category,))
     model = PatchCore(device=device, progress=True).fit(data_root / category)

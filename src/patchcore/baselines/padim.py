@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from patchcore.anomaly_maps import anomaly_map
+from patchcore.core.scoring import anomaly_map
 from patchcore.backbones import DEFAULT_BACKBONE, BackboneSpec, LoadedBackbone
-from patchcore.detector import Detector
-from patchcore.features import FeatureExtractor
-from patchcore.images import ImageInput
-from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE
+from patchcore.core.detector import Detector
+from patchcore.core.features import FeatureExtractor
+from patchcore.io.images import ImageInput
+from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
 
 
 class Padim(Detector):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from patchcore.images import ImageInput, load_image
-from patchcore.persistence import atomic_write_bytes
+from patchcore.io.images import ImageInput, load_image
+from patchcore.io.persistence import atomic_write_bytes
 
 # Anchors of a perceptually ordered dark-blue -> yellow -> red ramp.
 _RAMP_POSITIONS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])

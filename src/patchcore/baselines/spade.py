@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from patchcore.backbones import DEFAULT_BACKBONE, LoadedBackbone
-from patchcore.detector import Detector
-from patchcore.features import FeatureExtractor
-from patchcore.images import ImageInput
+from patchcore.core.detector import Detector
+from patchcore.core.features import FeatureExtractor
+from patchcore.io.images import ImageInput
 from patchcore.search import ExactIndex
-from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE
+from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
 
 
 class Spade(Detector):

@@ -6,10 +6,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from patchcore.detector import Detector, Prediction
+from patchcore.core.detector import Detector, Prediction
 from patchcore.errors import NotFittedError
-from patchcore.images import ImageInput, expand_image_inputs
-from patchcore.thresholds import DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate
+from patchcore.io.images import ImageInput, expand_image_inputs
+from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate
 
 
 class Ensemble:

@@ -1,0 +1,1 @@
+"""The paper's baselines and ensembles on the same backbones: SPADE, PaDiM, Ensemble."""

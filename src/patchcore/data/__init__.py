@@ -1,0 +1,1 @@
+"""Datasets: categories in MVTec AD layout and the offline benchmarks built from registry packages."""

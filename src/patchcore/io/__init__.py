@@ -1,0 +1,1 @@
+"""Files in and out: reading images, model directories, prediction files, heatmap overlays."""
