@@ -20,10 +20,10 @@ import ray
 import torch
 
 from patchcore.data.categories import load_category
-from patchcore.apps.distributed import predict_files, start_scorers
+from patchcore.apps.distributed import predict_on_actors, start_scorers
+from patchcore.apps.jobs import predict_files
 from patchcore.evaluation.evaluate import machine_description
 from patchcore.methods import load_model
-from patchcore.io.outputs import write_heatmaps
 
 
 def main() -> None:
@@ -44,10 +44,7 @@ def main() -> None:
     model = load_model(args.model_dir, device="cpu")
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        for start in range(0, len(files), 64):
-            predictions = model.predict(files[start : start + 64])
-            if not args.no_heatmaps:
-                write_heatmaps(model, predictions, names[start : start + 64], Path(out))
+        predict_files(model, files, names, None if args.no_heatmaps else Path(out))
         serial = len(files) / (time.perf_counter() - started)
     print(f"| serial, this process ({torch.get_num_threads()} threads) | {serial:.1f} | |")
 
@@ -59,10 +56,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             # Warm-up: one image per actor, so every actor has started and loaded the model.
             target = None if args.no_heatmaps else Path(out)
-            list(predict_files(scorers, files[:workers], names[:workers], target, chunk_size=1))
+            predict_on_actors(scorers, files[:workers], names[:workers], target, chunk_size=1)
             started = time.perf_counter()
-            for _ in predict_files(scorers, files, names, target, chunk_size=32):
-                pass
+            predict_on_actors(scorers, files, names, target, chunk_size=32)
             rate = len(files) / (time.perf_counter() - started)
         one_actor = one_actor or rate
         print(f"| Ray, {workers} actor(s), 1 thread each | {rate:.1f} | {rate / one_actor:.2f}x |")

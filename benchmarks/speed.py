@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.core.scoring import anomaly_map
+from patchcore.core.scoring import image_scores
 from patchcore.data.categories import load_category
 from patchcore.evaluation.evaluate import machine_description
 from patchcore.io.images import load_image
@@ -61,18 +61,18 @@ def main() -> None:
         feature_batches = features()
 
         def search() -> None:
+            bank = torch.from_numpy(model.memory_bank_)
             for grid in feature_batches:
                 n, h, w, d = grid.shape
-                queries = grid.reshape(-1, d).numpy()
-                distances, nearest = model.index_.search(queries, k=1)
-                model._image_scores(queries.reshape(n, h * w, d), distances[:, 0].reshape(n, -1),
-                                    nearest[:, 0].reshape(n, -1))
+                patches = grid.reshape(n, h * w, d)
+                distances, nearest = model.index_.search_tensor(patches.reshape(-1, d), k=1)
+                image_scores(patches, distances[:, 0].reshape(n, -1), nearest[:, 0].reshape(n, -1), bank,
+                             model.index_.search_tensor, model.num_neighbours, model.reweight)
 
-        grids = np.concatenate([model._score_batch(batch)[1] for batch in batches])
+        grids = torch.cat([model._score_batch(batch)[1] for batch in batches])
 
         def maps() -> None:
-            for grid, picture in zip(grids, pictures):
-                crop_map = anomaly_map(grid, model.image_size, model.blur_sigma)
+            for crop_map, picture in zip(model._crop_maps(grids).numpy(), pictures):
                 model.preprocessor_.to_original_size(crop_map, picture.size)
 
         def end_to_end() -> None:

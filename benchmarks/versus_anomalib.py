@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchcore.core.scoring import anomaly_map
 from patchcore.backbones import get_backbone_spec, load_backbone, resolve_layers
 from patchcore.backbones.efficientnet_lite import SameConv2d
 from patchcore.data.categories import load_category
@@ -64,14 +63,12 @@ def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) ->
     started = time.perf_counter()
     model.fit(train)
     fit_seconds = time.perf_counter() - started
-    size = test.shape[-1]
 
     def predict(batches: list[torch.Tensor]) -> list[float]:
         scores = []
         for batch in batches:
             batch_scores, grids = model._score_batch(batch.contiguous(memory_format=torch.channels_last))
-            for grid in grids:
-                anomaly_map(grid, size, model.blur_sigma)
+            model._crop_maps(grids)
             scores.extend(batch_scores.tolist())
         return scores
 

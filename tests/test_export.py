@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from patchcore.core.scoring import anomaly_map  # noqa: E402
 from patchcore.apps.cli import main  # noqa: E402
 from patchcore.apps.export import export_onnx  # noqa: E402
 from patchcore.io.images import load_image  # noqa: E402
@@ -33,7 +32,7 @@ def test_onnx_scores_and_maps_match_the_library_on_real_images(exact_model, good
     images = [*good_test_crops[:3], defect_crop[0]]
     batch = torch.stack([exact_model.preprocessor_(load_image(image)) for image in images])
     library_scores, grids = exact_model._score_batch(batch)
-    library_maps = np.stack([anomaly_map(grid, exact_model.image_size, exact_model.blur_sigma) for grid in grids])
+    library_maps = exact_model._crop_maps(grids)
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     scores, maps = session.run(None, {"images": batch.numpy()})
@@ -45,6 +44,16 @@ def test_onnx_scores_and_maps_match_the_library_on_real_images(exact_model, good
     np.testing.assert_allclose(one, scores[3:], atol=1e-5)
     metadata = session.get_modelmeta().custom_metadata_map
     assert metadata["backbone"] == "efficientnet_lite0" and '"crop_size": 224' in metadata["preprocessing"]
+
+
+def test_export_leaves_the_fitted_model_as_it_was(exact_model, tmp_path: Path) -> None:
+    weights = [p for p in exact_model.extractor_.parameters() if p.ndim == 4]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    export_onnx(exact_model, tmp_path / "model.onnx")
+    # The graph is built from a copy: the model keeps its device and channels-last layout.
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in exact_model.extractor_.parameters()
+               if w.ndim == 4)
+    assert {p.device for p in exact_model.extractor_.parameters()} == {exact_model.device_}
 
 
 def test_export_refuses_a_bank_over_the_limit_and_other_methods(exact_model, train_crops, tmp_path: Path) -> None:

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
 
 import faiss
 import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from patchcore.params import declared, param
 
 QUERY_CHUNK = 16384
 # Below this many bank rows the flat search is cheap and the code indexes' k-means have too little to train on.
 SMALL_BANK = 1024
 
 
-class NearestNeighbourIndex(ABC):
-    """Fit on the memory bank, then `search` returns true L2 distances (not squared) and indices."""
+@dataclass(kw_only=True, eq=False, repr=False)
+class NearestNeighbourIndex(BaseEstimator, ABC):
+    """Fit on the memory bank, then `search` returns true L2 distances (not squared) and indices.
+
+    Settings are declared fields (scikit-learn style: `get_params`, `clone`); the fitted faiss index is
+    `index_`, and `state()` / `restore()` carry it through a saved model without re-training.
+    """
+
+    kind: ClassVar[str]
+    # Whether building the index costs enough (k-means, graph) to be worth saving with the model.
+    saves_state: ClassVar[bool] = True
 
     def fit(self, bank: np.ndarray) -> "NearestNeighbourIndex":
         bank = np.ascontiguousarray(bank, dtype=np.float32)
@@ -48,9 +64,28 @@ class NearestNeighbourIndex(ABC):
             indices[start:stop] = found
         return distances, indices
 
+    def search_tensor(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """`search` for the scoring module: torch in (any device), torch out on the same device."""
+        distances, indices = self.search(queries.detach().float().cpu().numpy(), k)
+        return torch.from_numpy(distances).to(queries.device), torch.from_numpy(indices).to(queries.device)
 
+    def state(self) -> np.ndarray:
+        """The fitted faiss index as bytes (faiss's own format, no pickle), to save with the model."""
+        return faiss.serialize_index(self.index_)
+
+    def restore(self, state: np.ndarray, dim: int) -> "NearestNeighbourIndex":
+        """The index `state()` wrote, for `dim`-dimensional banks: as fitted, without training again."""
+        self.index_ = faiss.deserialize_index(np.ascontiguousarray(state, dtype=np.uint8))
+        self.dim_ = dim
+        return self
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
 class ExactIndex(NearestNeighbourIndex):
     """Brute-force L2 search (faiss IndexFlatL2)."""
+
+    kind = "exact"
+    saves_state = False  # building it only copies the bank
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         return faiss.IndexFlatL2(bank.shape[1])
@@ -61,6 +96,11 @@ def _ivf_lists(n_total: int) -> int:
     return max(1, min(round(np.sqrt(n_total) / 2), n_total // 39))
 
 
+_N_LISTS = "k-means cells of IVF indexes (default: sqrt(N)/2 for ivf and ivfflat, sqrt(N) for ivfpq)."
+_N_PROBE = "Cells an IVF index visits per query."
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
 class IVFIndex(NearestNeighbourIndex):
     """Inverted lists of 4-bit codes scanned with SIMD, the best candidates then re-ranked by exact distance.
 
@@ -72,10 +112,10 @@ class IVFIndex(NearestNeighbourIndex):
     (docs/results.md).
     """
 
-    def __init__(self, n_lists: int | None = None, n_probe: int = 8, rerank_factor: int = 8) -> None:
-        self.n_lists = n_lists
-        self.n_probe = n_probe
-        self.rerank_factor = rerank_factor
+    kind = "ivf"
+    n_lists: int | None = param(None, _N_LISTS)
+    n_probe: int = param(8, _N_PROBE)
+    rerank_factor: int = param(8, "ivf: candidates per neighbour re-ranked by exact distance.")
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         n_total, dim = bank.shape
@@ -106,10 +146,16 @@ class IVFIndex(NearestNeighbourIndex):
     def _add(self, bank: np.ndarray) -> None:
         self.index_.add(self._pad(bank))
 
+    def restore(self, state: np.ndarray, dim: int) -> "IVFIndex":
+        super().restore(state, dim)
+        self._padding = self.index_.d - dim
+        return self
+
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index_.search(self._pad(queries), k)
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class IVFFlatIndex(NearestNeighbourIndex):
     """Inverted lists over the exact vectors: searches the `n_probe` nearest of `n_lists` k-means cells.
 
@@ -117,9 +163,9 @@ class IVFFlatIndex(NearestNeighbourIndex):
     neighbours faster by scanning codes first; kept as its simpler reference.
     """
 
-    def __init__(self, n_lists: int | None = None, n_probe: int = 8) -> None:
-        self.n_lists = n_lists
-        self.n_probe = n_probe
+    kind = "ivfflat"
+    n_lists: int | None = param(None, _N_LISTS)
+    n_probe: int = param(8, _N_PROBE)
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         n_total, dim = bank.shape
@@ -132,13 +178,14 @@ class IVFFlatIndex(NearestNeighbourIndex):
         return index
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class IVFPQIndex(NearestNeighbourIndex):
     """Inverted lists over product-quantised codes: approximate, smaller and faster on large banks."""
 
-    def __init__(self, n_lists: int | None = None, n_subquantizers: int | None = None, n_probe: int = 8) -> None:
-        self.n_lists = n_lists
-        self.n_subquantizers = n_subquantizers
-        self.n_probe = n_probe
+    kind = "ivfpq"
+    n_lists: int | None = param(None, _N_LISTS)
+    n_subquantizers: int | None = param(None, "ivfpq: product-quantiser sub-vectors (default: about dim / 8).")
+    n_probe: int = param(8, _N_PROBE)
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         n_total, dim = bank.shape
@@ -156,12 +203,13 @@ class IVFPQIndex(NearestNeighbourIndex):
         return index
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class HNSWIndex(NearestNeighbourIndex):
     """Hierarchical navigable small-world graph over the exact vectors: approximate, no training."""
 
-    def __init__(self, n_links: int = 32, search_breadth: int = 64) -> None:
-        self.n_links = n_links
-        self.search_breadth = search_breadth
+    kind = "hnsw"
+    n_links: int = param(32, "hnsw: graph links per vector.")
+    search_breadth: int = param(64, "hnsw: candidates kept while searching (efSearch).")
 
     def _build(self, bank: np.ndarray) -> faiss.Index:
         index = faiss.IndexHNSWFlat(bank.shape[1], self.n_links)
@@ -174,17 +222,44 @@ def _largest_divisor_at_most(number: int, limit: int) -> int:
 
 
 INDEXES: dict[str, type[NearestNeighbourIndex]] = {
-    "exact": ExactIndex,
-    "ivf": IVFIndex,
-    "ivfflat": IVFFlatIndex,
-    "ivfpq": IVFPQIndex,
-    "hnsw": HNSWIndex,
+    cls.kind: cls for cls in (ExactIndex, IVFIndex, IVFFlatIndex, IVFPQIndex, HNSWIndex)
 }
 INDEX_KINDS = tuple(INDEXES)
 
 
-def make_index(kind: str) -> NearestNeighbourIndex:
-    """A new, unfitted index of that kind with its default settings."""
+def make_index(kind: str, **settings) -> NearestNeighbourIndex:
+    """A new, unfitted index of that kind; `settings` are its declared fields (e.g. n_probe=16)."""
     if kind not in INDEXES:
-        raise ValueError(f"unknown index {kind!r}; choose from {INDEX_KINDS}")
-    return INDEXES[kind]()
+        raise ValueError(f"unknown index {kind!r}; choose from {', '.join(INDEX_KINDS)}")
+    cls = INDEXES[kind]
+    accepted = {f.name for f in declared(cls)}
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise ValueError(f"index {kind!r} has no setting {', '.join(unknown)}; its settings: "
+                         f"{', '.join(sorted(accepted)) or 'none'}")
+    return cls(**settings)
+
+
+def describe_index(index: NearestNeighbourIndex) -> dict:
+    """JSON-ready {kind, settings...} of an index, the inverse of `make_index(**description)`."""
+    return {"kind": index.kind, **index.get_params()}
+
+
+class BankSearch(nn.Module):
+    """Exact nearest-neighbour search in torch over a bank held as a buffer: the exported graph's search.
+
+    The same contract as `NearestNeighbourIndex.search_tensor` (L2 distances and indices of the k
+    nearest rows), in matrix products an ONNX runtime can run.
+    """
+
+    def __init__(self, bank: np.ndarray) -> None:
+        super().__init__()
+        bank_tensor = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
+        self.register_buffer("bank", bank_tensor)
+        self.register_buffer("bank_squared_norms", (bank_tensor.double() ** 2).sum(dim=1).float())
+
+    def forward(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        query_norms = (queries * queries).sum(dim=1, keepdim=True)
+        squared = (query_norms - 2.0 * queries @ self.bank.T + self.bank_squared_norms[None, :]).clamp_min(0.0)
+        nearest_squared, indices = squared.topk(min(k, self.bank.shape[0]), dim=1, largest=False)
+        return nearest_squared.sqrt(), indices

@@ -1,25 +1,26 @@
-"""The `patchcore` command line: fit, predict, demo, datasets and backbone listing."""
+"""The `patchcore` command line: fit, predict, evaluate, serve, export, experiments, datasets, demo.
+
+Model options are not written here: they are generated from the estimators' declared parameters
+(`patchcore.params`) when a command first needs them, so a new hyper-parameter is one edit and
+`patchcore --help` never imports torch.
+"""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 
-from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
-from patchcore.data.categories import Category
-from patchcore.errors import ImageLoadError, PatchCoreError
-from patchcore.evaluation.experiments import EXPERIMENTS
-from patchcore.io.images import IMAGE_SUFFIXES, expand_image_inputs, list_images, load_image
-from patchcore.core.detector import Detector
-from patchcore.methods import METHODS, get_method, load_model
-from patchcore.core.patchcore import PatchCore
-from patchcore.io.outputs import output_names, prediction_row, write_heatmaps, write_scores
-from patchcore.search import INDEX_KINDS
-from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, validate_false_alarm_rate
+from patchcore.errors import PatchCoreError
+from patchcore.params import CLI, HELP, PARSE, declared, value_type
+
+INDEX_PREFIX = "index_"
+SKIP_BAD_HELP = "Skip files that are not readable images (each listed, with why) instead of stopping at the first."
 
 
 class _Group(click.Group):
@@ -32,60 +33,108 @@ class _Group(click.Group):
             raise click.ClickException(str(error)) from error
 
 
+class _Parsed(click.ParamType):
+    """A click type from a declaration's parse function; its ValueError becomes a usage error."""
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        self.parse, self.name = parse, parse.__name__
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def _option(owner: type, field: dataclasses.Field, prefix: str = "") -> click.Option:
+    """The option of one declared parameter; every default is None so only what the user typed is passed."""
+    flag = "--" + (prefix + field.name).replace("_", "-")
+    help_text = field.metadata[HELP]
+    if field.default is not None and not prefix:
+        help_text += f"  [default: {field.default}]"
+    kind = value_type(owner, field)
+    if kind is bool:
+        return click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text)
+    parse = field.metadata[PARSE] or kind
+    click_type = parse if parse in (int, float, str) else _Parsed(parse)
+    return click.Option([flag], type=click_type, default=None, help=help_text)
+
+
+def _declared_options(names: Sequence[str] | None) -> list[click.Option]:
+    """Options for the named parameters, or with None for every method's parameters, `--method` and
+    the search-index settings (`--index-n-probe`, ...)."""
+    from patchcore.methods import METHODS
+    from patchcore.search import INDEXES
+
+    fields: dict[str, tuple[type, dataclasses.Field]] = {}
+    for method in METHODS.values():
+        for field in declared(method):
+            if field.metadata[CLI]:
+                fields.setdefault(field.name, (method, field))
+    if names is not None:
+        return [_option(*fields[name]) for name in names]
+    options = [click.Option(["--method"], type=click.Choice(sorted(METHODS)), default=None,
+                            help="PatchCore, or the SPADE / PaDiM baselines on the same backbone.  [default: patchcore]")]
+    options += [_option(owner, field) for owner, field in fields.values()]
+    index_fields: dict[str, tuple[type, dataclasses.Field]] = {}
+    for index in INDEXES.values():
+        for field in declared(index):
+            index_fields.setdefault(field.name, (index, field))
+    return options + [_option(owner, field, INDEX_PREFIX) for owner, field in index_fields.values()]
+
+
+class _DeclaredCommand(click.Command):
+    """A command whose options for declared parameters are generated on first use (parsing or --help)."""
+
+    def __init__(self, *args, declared_names: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.declared_names, self.generated = declared_names, False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self.generated:
+            self.params.extend(_declared_options(self.declared_names))
+            self.generated = True
+        return super().get_params(ctx)
+
+
+def _command(group: click.Group, declared_names: Sequence[str] | None = None, **kwargs):
+    return group.command(cls=_DeclaredCommand, declared_names=declared_names, **kwargs)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="patchcore")
 def main() -> None:
     """PatchCore anomaly detection: fit on good images, then score and locate defects."""
 
 
-def feature_dim_value(text: str | int) -> int | str:
-    """--feature-dim: a positive integer or 'raw'."""
-    if text == "raw" or isinstance(text, int):
-        return text
-    if not str(text).isdigit() or int(text) < 1:
-        raise click.BadParameter(f"{text!r}: give a positive integer or 'raw'")
-    return int(text)
+def model_from_options(options: dict[str, Any]):
+    """The detector the command-line options describe; an option the method does not use is an error,
+    not silently ignored."""
+    from patchcore.methods import get_method
+    from patchcore.search import make_index
+
+    options = {name: value for name, value in options.items() if value is not None}
+    method = get_method(options.pop("method", "patchcore"))
+    index_settings = {name[len(INDEX_PREFIX):]: options.pop(name) for name in list(options)
+                      if name.startswith(INDEX_PREFIX)}
+    accepted = {field.name: field for field in declared(method)}
+    unused = sorted(name for name in options if name not in accepted)
+    if index_settings and "index" not in accepted:
+        unused += [INDEX_PREFIX + name for name in index_settings]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise click.UsageError(f"not used by --method {method.method}: {flags}")
+    if index_settings:
+        options["index"] = make_index(options.get("index", accepted["index"].default), **index_settings)
+    return method(progress=True, **options)
 
 
-def _model_options(function):
-    options = [
-        click.option("--method", default="patchcore", show_default=True, type=click.Choice(sorted(METHODS)),
-                     help="PatchCore, or the SPADE / PaDiM baselines on the same backbone."),
-        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
-                     type=click.Choice(sorted(BACKBONES)), help="Feature extractor (see `patchcore backbones`)."),
-        click.option("--weights", default=None,
-                     help="Backbone weights: a state-dict file, 'torch-hub', or 'random'. Default: the packaged ones."),
-        click.option("--layers", default=None, help="Comma-separated feature taps, e.g. layer2,layer3."),
-        click.option("--feature-dim", type=feature_dim_value, default=None,
-                     help="Patch feature dimension, levels pooled to equal shares; 'raw' concatenates every "
-                          "tapped channel, as anomalib does (default per backbone: raw for Lite0)."),
-        click.option("--patch-size", type=int, default=3, show_default=True, help="Neighbourhood p of Eq. 1."),
-        click.option("--patch-stride", type=int, default=1, show_default=True, help="Stride s on the patch grid (Eq. 3)."),
-        click.option("--sampler", default="greedy_coreset", show_default=True,
-                     type=click.Choice(["greedy_coreset", "random", "learned_proxies", "none"])),
-        click.option("--coreset-ratio", type=float, default=0.1, show_default=True,
-                     help="Share of patches kept in the memory bank."),
-        click.option("--index", default="ivf", show_default=True, type=click.Choice(list(INDEX_KINDS)),
-                     help="Nearest-neighbour search: ivf (default: codes in the visited cells, best candidates re-ranked exactly), exact, ivfflat, ivfpq, hnsw."),
-        click.option("--reweight/--no-reweight", default=True, show_default=True, help="Eq. 7 score reweighting."),
-        click.option("--num-neighbours", type=int, default=9, show_default=True,
-                     help="b of Eq. 7 (1: no reweighting)."),
-        click.option("--n-nearest-images", type=int, default=50, show_default=True,
-                     help="SPADE: nearest training images per test image."),
-        click.option("--n-channels", type=int, default=100, show_default=True,
-                     help="PaDiM: random channels kept for the Gaussians."),
-        click.option("--image-size", type=int, default=224, show_default=True, help="Centre-crop size in pixels."),
-        click.option("--holdout-fraction", type=float, default=0.1, show_default=True,
-                     help="Share of good images held out to measure nominal scores (the threshold's basis)."),
-        click.option("--false-alarm-rate", type=float, default=DEFAULT_FALSE_ALARM_RATE, show_default=True,
-                     help="Share of held-out good images the good/defect threshold may flag."),
-        click.option("--batch-size", type=int, default=8, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+def model_factory(options: dict[str, Any]) -> Callable:
+    """A picklable recipe for fresh models (Ray ships it to workers), checked once here."""
+    model = model_from_options(options)
+    return partial(type(model), **model.get_params(deep=False))
 
 
 def _ray_options(function):
@@ -117,41 +166,11 @@ def ray_settings(use_ray: bool, ray_address: str | None, ray_threads: int | None
     return threads
 
 
-def model_factory(options: dict, explicit: Sequence[str]) -> Callable[[], Detector]:
-    """A picklable recipe for fresh models (Ray ships it to workers), checked once here."""
-    model = model_from_options(dict(options), explicit)
-    return partial(type(model), **model.get_params())
-
-
-def model_from_options(options: dict, explicit: Sequence[str] = ()) -> Detector:
-    """The detector the options describe; an option given on the command line that the method
-    does not use is an error rather than silently ignored."""
-    options = dict(options)
-    method = get_method(options.pop("method"))
-    layers = options.pop("layers")
-    accepted = set(inspect.signature(method.__init__).parameters)
-    ignored = sorted(name for name in explicit if name in options and name not in accepted)
-    if ignored:
-        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        raise click.UsageError(f"not used by --method {method.method}: {flags}")
-    params = {name: value for name, value in options.items() if name in accepted}
-    return method(layers=layers.split(",") if layers else None, progress=True, **params)
-
-
-def explicit_options() -> list[str]:
-    """Names of the options the user typed, not left at their defaults."""
-    context = click.get_current_context()
-    return [name for name in context.params
-            if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-
-
-PREDICT_CHUNK = 64
-
-SKIP_BAD_HELP = "Skip files that are not readable images (each listed, with why) instead of stopping at the first."
-
-
-def readable_images(files: Sequence[Path], skip_bad: bool) -> list[Path]:
+def readable_images(files: Sequence, skip_bad: bool) -> list:
     """`files`, or with `skip_bad` those that decode, reporting the others; all unreadable is an error."""
+    from patchcore.errors import ImageLoadError
+    from patchcore.io.images import load_image
+
     if not skip_bad:
         return list(files)
     readable, bad = [], []
@@ -161,16 +180,32 @@ def readable_images(files: Sequence[Path], skip_bad: bool) -> list[Path]:
             readable.append(file)
         except ImageLoadError as error:
             bad.append(str(error))
-    if bad:
-        click.echo(f"skipped {len(bad)} unreadable file(s):", err=True)
-        for message in bad:
-            click.echo(f"  {message}", err=True)
+    report_skipped(bad)
     if not readable:
         raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
     return readable
 
 
-@main.command()
+def report_skipped(messages: Sequence[str]) -> None:
+    if messages:
+        click.echo(f"skipped {len(messages)} unreadable file(s):", err=True)
+        for message in messages:
+            click.echo(f"  {message}", err=True)
+
+
+def load_categories(root: Path, categories: str | None) -> list:
+    """The categories `--categories` names ('mvtec', a comma list, or all under ROOT), each checked
+    before any long work starts."""
+    from patchcore.data.categories import MVTEC_CATEGORIES, discover_categories, load_category
+
+    if categories == "mvtec":
+        names = list(MVTEC_CATEGORIES)
+    else:
+        names = categories.split(",") if categories else discover_categories(root)
+    return [load_category(root, name) for name in names]
+
+
+@_command(main)
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Model directory to write (with --categories: a folder of them, one per category).")
@@ -178,17 +213,20 @@ def readable_images(files: Sequence[Path], skip_bad: bool) -> list[Path]:
               help="DATA_DIR is a root of categories: fit each ('all', 'mvtec' or a comma list) into OUT/NAME.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @_ray_options
-@_model_options
 def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, use_ray: bool,
         ray_address: str | None, ray_threads: int | None, **options) -> None:
-    """Fit on the good images in DATA_DIR (a folder, or an MVTec category whose train/good is used)."""
+    """Fit on the good images in DATA_DIR (a folder, searched recursively, or an MVTec category's train/good)."""
     if categories is not None:
         fit_many(data_dir, out_dir, categories, skip_bad, use_ray, ray_address, ray_threads, options)
         return
     if use_ray or ray_address:
         raise click.UsageError("--ray fits several categories in parallel: add --categories")
-    model = model_from_options(options, explicit_options())
-    model.fit(readable_images(expand_image_inputs(data_dir), skip_bad))
+    from patchcore.core.patchcore import PatchCore
+    from patchcore.io.images import collect_images
+
+    files = collect_images(data_dir, training=True)  # a missing folder fails before the backbone loads
+    model = model_from_options(options)
+    model.fit(readable_images(files, skip_bad))
     model.save(out_dir)
     if isinstance(model, PatchCore):
         state = (f"memory bank {model.memory_bank_.shape[0]} x {model.memory_bank_.shape[1]} "
@@ -203,77 +241,65 @@ def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray
     """One model per category of ROOT, serially or as Ray tasks."""
     import torch
 
+    from patchcore.apps.jobs import fit_category
+
     if skip_bad:
         raise click.UsageError("--skip-bad fits one folder; with --categories fix or remove the bad files")
     loaded = load_categories(root, None if categories == "all" else categories)
-    make_model = model_factory(options, explicit_options())
+    make_model = model_factory(options)
     threads = ray_settings(use_ray, ray_address, ray_threads, torch.get_num_threads())
     if threads is None:
-        for category in loaded:
-            model = make_model().fit(list(category.train_images))
-            saved = model.save(out_dir / category.name)
-            click.echo(f"{category.name}: fitted on {model.n_train_images_} images; saved to {saved}")
-        return
-    from patchcore.apps.distributed import fit_categories
+        finished = (fit_category(category, make_model, out_dir) for category in loaded)
+    else:
+        from patchcore.apps.distributed import fit_categories
 
-    for done in fit_categories(loaded, make_model, out_dir, threads):
+        finished = fit_categories(loaded, make_model, out_dir, threads)
+    for done in finished:
         click.echo(f"{done['category']}: fitted on {done['n_train_images']} images; saved to {done['model_dir']}")
 
 
-def collect_images(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given; folders searched recursively for images."""
-    files: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            files += found if found else list_images(path)  # list_images raises the clear "no images" error
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return files
-
-
-@main.command()
+@_command(main, declared_names=("device", "weights", "false_alarm_rate"))
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for scores.csv, scores.json and heatmaps/.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--weights", default=None, help="Backbone weights file, if not where the model was fitted.")
-@click.option("--false-alarm-rate", type=float, default=None,
-              help="Override the model's rate of held-out good images the threshold may flag.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
 @_ray_options
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
             false_alarm_rate: float | None, skip_bad: bool, workers: int, use_ray: bool, ray_address: str | None,
             ray_threads: int | None) -> None:
-    """Score IMAGES (files or folders) with the model in MODEL_DIR; write scores, decisions and heatmaps."""
+    """Score IMAGES (files or folders, searched recursively) with the model in MODEL_DIR; write scores,
+    decisions and heatmaps. --false-alarm-rate overrides the model's."""
+    from patchcore.core.thresholds import validate_false_alarm_rate
+    from patchcore.io.images import collect_images
+    from patchcore.io.outputs import output_names, write_scores
+
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
     threads = ray_settings(use_ray, ray_address, ray_threads, 1)
-    files = readable_images(collect_images(images), skip_bad)
+    files = collect_images(list(images))
     names = output_names(files)
     if threads is None:
+        from patchcore.apps.jobs import predict_files
+        from patchcore.methods import load_model
+
         model = load_model(model_dir, device=device, weights=weights)
-        model.progress = True
         if false_alarm_rate is not None:
             model.false_alarm_rate = false_alarm_rate
-        rows = []
-        for start in range(0, len(files), PREDICT_CHUNK):  # a chunk of maps in memory at a time
-            predictions = model.predict(files[start : start + PREDICT_CHUNK])
-            write_heatmaps(model, predictions, names[start : start + PREDICT_CHUNK], out_dir)
-            rows += [prediction_row(p) for p in predictions]
+        rows, skipped = predict_files(model, files, names, out_dir, skip_bad, progress=True)
     else:
         if device not in (None, "cpu") or weights is not None:
             raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
         if workers < 1:
             raise click.UsageError(f"--workers must be >= 1, got {workers}")
-        from patchcore.apps.distributed import predict_files, start_scorers
+        from patchcore.apps.distributed import predict_on_actors, start_scorers
 
         scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
-        rows = [row for chunk in predict_files(scorers, files, names, out_dir) for row in chunk]
+        rows, skipped = predict_on_actors(scorers, files, names, out_dir, skip_bad)
+    report_skipped(skipped)
+    if not rows:
+        raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
     write_scores(rows, out_dir)
     for row in rows:
         click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
@@ -286,19 +312,7 @@ def echo_metrics(result) -> None:
     click.echo(f"  image AUROC {result.image_auroc:.1f}  pixel AUROC {pixel}  PRO {pro}")
 
 
-def load_categories(root: Path, categories: str | None) -> list[Category]:
-    """The categories `--categories` names ('mvtec', a comma list, or all under ROOT), each checked
-    before any long work starts."""
-    from patchcore.data.categories import MVTEC_CATEGORIES, discover_categories, load_category
-
-    if categories == "mvtec":
-        names = list(MVTEC_CATEGORIES)
-    else:
-        names = categories.split(",") if categories else discover_categories(root)
-    return [load_category(root, name) for name in names]
-
-
-@main.command()
+@_command(main)
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--categories", default=None,
               help="Comma-separated subset, or 'mvtec' for the 15 MVTec AD categories (default: all under ROOT).")
@@ -308,18 +322,15 @@ def load_categories(root: Path, categories: str | None) -> list[Category]:
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path),
               help="Also write report.html here: metrics, ROC, PRO, score histograms and hardest images.")
 @_ray_options
-@_model_options
 def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, report_dir: Path | None,
              use_ray: bool, ray_address: str | None, ray_threads: int | None, **options) -> None:
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
-    import sys
+    import torch
 
     from patchcore.evaluation.evaluate import evaluate_category, write_results
 
-    import torch
-
     loaded = load_categories(root, categories)
-    make_model = model_factory(options, explicit_options())  # a bad option fails before the first category
+    make_model = model_factory(options)  # a bad option fails before the first category
     maps_dir = out_dir / "maps" if save_maps else None
     threads = ray_settings(use_ray, ray_address, ray_threads, torch.get_num_threads())
     if threads is None:
@@ -346,33 +357,37 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
         click.echo(f"wrote {write_report(results, params, report_dir, command)}")
 
 
-@main.command()
-@click.argument("name", type=click.Choice([*EXPERIMENTS, "all"]))
+@_command(main, declared_names=("backbone", "weights", "seed"))
+@click.argument("name")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--categories", default=None,
               help="Comma-separated subset, or 'mvtec' for the 15 MVTec AD categories (default: all under ROOT).")
 @click.option("--out", "out_dir", default=Path("experiments"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for NAME.md and NAME.json.")
-@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, type=click.Choice(sorted(BACKBONES)))
-@click.option("--weights", default=None, help="Backbone weights: a state-dict file, 'torch-hub', or 'random'.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--seeds", type=int, default=3, show_default=True, help="Low-shot: random draws of training images.")
-def experiment(name: str, root: Path, categories: str | None, out_dir: Path, backbone: str, weights: str | None,
-               seed: int, seeds: int) -> None:
-    """Run one of the paper's experiments (or all) on the categories under ROOT; write its table."""
-    import sys
+def experiment(name: str, root: Path, categories: str | None, out_dir: Path, backbone: str | None,
+               weights: str | None, seed: int | None, seeds: int) -> None:
+    """Run one of the paper's experiments (NAME, or 'all') on the categories under ROOT; write its table.
 
-    from patchcore.evaluation.experiments import run_experiment
+    NAME: subsamplers, bank-usage, patch-size-levels, stride, reweighting, search-index, baselines,
+    low-shot, ensembles, timing, all.
+    """
+    from patchcore.core.patchcore import PatchCore
+    from patchcore.evaluation.experiments import EXPERIMENTS, run_experiment
 
+    if name not in (*EXPERIMENTS, "all"):
+        raise click.UsageError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, all")
+    defaults = PatchCore()
     loaded = load_categories(root, categories)
     command = "patchcore " + " ".join(sys.argv[1:])
     for chosen in EXPERIMENTS if name == "all" else [name]:
-        table = run_experiment(chosen, loaded, out_dir, command, seed=seed, backbone=backbone, weights=weights, seeds=seeds,
+        table = run_experiment(chosen, loaded, out_dir, command, seed=defaults.seed if seed is None else seed,
+                               backbone=backbone or defaults.backbone, weights=weights, seeds=seeds,
                                log=lambda line: click.echo(line, err=True))
         click.echo(f"{table.title}\n{table.markdown()}\nwrote {out_dir / (chosen + '.md')}")
 
 
-@main.command()
+@_command(main, declared_names=("device",))
 @click.argument("models", nargs=-1, required=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 127.0.0.1 keeps the service on this machine.")
@@ -382,7 +397,6 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
 @click.option("--max-upload-mb", type=float, default=20.0, show_default=True, help="Largest accepted request body.")
 @click.option("--body-timeout", type=float, default=30.0, show_default=True,
               help="Seconds a client may pause while sending its upload before getting 408.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
           body_timeout: float, device: str | None) -> None:
     """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
@@ -417,6 +431,8 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
 def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_rows: int, check: bool) -> None:
     """Export a saved PatchCore model as one ONNX graph: preprocessed images in, scores and maps out."""
     from patchcore.apps.export import check_against_pytorch, export_onnx
+    from patchcore.core.patchcore import PatchCore
+    from patchcore.methods import load_model
 
     model = load_model(model_dir, device="cpu")
     if not isinstance(model, PatchCore):
@@ -435,6 +451,8 @@ def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_
 @main.command()
 def backbones() -> None:
     """List the backbones, their default taps and where their weights come from."""
+    from patchcore.backbones import BACKBONES, DEFAULT_BACKBONE
+
     for name, spec in sorted(BACKBONES.items()):
         marker = "*" if name == DEFAULT_BACKBONE else " "
         click.echo(f"{marker} {name:20s} taps {','.join(spec.default_layers):20s} dim {spec.default_feature_dim!s:>5}  {spec.description}")
@@ -452,12 +470,7 @@ def datasets() -> None:
 @click.option("--install", is_flag=True, help="pip-install missing source packages (scikit-image, elpv-dataset).")
 def build_offline(root: Path, categories: str | None, seed: int, install: bool) -> None:
     """Write the real-data offline benchmarks (textures with synthetic defects, ELPV) under ROOT."""
-    from patchcore.data.offline import (
-        OFFLINE_CATEGORIES,
-        build_offline_benchmarks,
-        install_packages,
-        missing_packages,
-    )
+    from patchcore.data.offline import OFFLINE_CATEGORIES, build_offline_benchmarks, install_packages, missing_packages
 
     chosen = tuple(categories.split(",")) if categories else OFFLINE_CATEGORIES
     if install:
@@ -466,25 +479,27 @@ def build_offline(root: Path, categories: str | None, seed: int, install: bool) 
     click.echo(f"wrote {', '.join(chosen)} under {root} (details in {root / 'benchmark.json'})")
 
 
-@main.command()
+@_command(main, declared_names=("device",))
 @click.option("--out", "out_dir", default=Path("demo_output"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--category", default="brick", show_default=True, type=click.Choice(["brick", "grass", "gravel"]))
-@click.option("--device", default=None)
 def demo(out_dir: Path, category: str, device: str | None) -> None:
     """Fit on real texture photos shipped with scikit-image and find synthetic defects on held-out crops."""
+    from sklearn.metrics import roc_auc_score
+
+    from patchcore.apps.jobs import predict_files
+    from patchcore.core.patchcore import PatchCore
     from patchcore.data.offline import build_offline_benchmarks
+    from patchcore.io.images import collect_images
+    from patchcore.io.outputs import output_names, write_scores
 
     data_root = build_offline_benchmarks(out_dir / "data", (category,))
     model = PatchCore(device=device, progress=True).fit(data_root / category)
     model.save(out_dir / "model")
-    files = collect_images([data_root / category / "test"])
-    predictions = model.predict(files)
-    write_heatmaps(model, predictions, output_names(files), out_dir / "predictions")
-    write_scores([prediction_row(p) for p in predictions], out_dir / "predictions")
-    good = [p.score for p, f in zip(predictions, files) if f.parent.name == "good"]
-    bad = [p.score for p, f in zip(predictions, files) if f.parent.name != "good"]
-    from sklearn.metrics import roc_auc_score
-
+    files = collect_images(data_root / category)  # an MVTec category: its test images
+    rows, _ = predict_files(model, files, output_names(files), out_dir / "predictions", progress=True)
+    write_scores(rows, out_dir / "predictions")
+    good = [row["score"] for row, f in zip(rows, files) if f.parent.name == "good"]
+    bad = [row["score"] for row, f in zip(rows, files) if f.parent.name != "good"]
     auroc = roc_auc_score([0] * len(good) + [1] * len(bad), good + bad)
     click.echo(
         f"{category}: {len(good)} good test crops (mean score {sum(good) / len(good):.3f}), "

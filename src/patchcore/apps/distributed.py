@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from patchcore.data.categories import Category
+from patchcore.apps.jobs import fit_category, predict_files
 from patchcore.core.detector import Detector
+from patchcore.data.categories import Category
 from patchcore.evaluation.evaluate import CategoryResult, evaluate_category
 from patchcore.methods import load_model
-from patchcore.io.outputs import prediction_row, write_heatmaps
 
 
 def _ray():
@@ -50,9 +50,7 @@ def _set_threads(threads: int) -> None:
 
 def _fit_one(category: Category, make_model: Callable[[], Detector], out_dir: Path, threads: int) -> dict:
     _set_threads(threads)
-    model = make_model().fit(list(category.train_images))
-    model.save(out_dir / category.name)
-    return {"category": category.name, "n_train_images": model.n_train_images_, "model_dir": str(out_dir / category.name)}
+    return fit_category(category, make_model, out_dir)
 
 
 def _evaluate_one(category: Category, make_model: Callable[[], Detector], maps_dir: Path | None, details: bool,
@@ -92,11 +90,9 @@ class _Scorer:
         if false_alarm_rate is not None:
             self.model.false_alarm_rate = false_alarm_rate
 
-    def score(self, files: list[str], names: list[str], out_dir: str | None) -> list[dict]:
-        predictions = self.model.predict([Path(f) for f in files])
-        if out_dir is not None:
-            write_heatmaps(self.model, predictions, names, Path(out_dir))
-        return [prediction_row(p) for p in predictions]
+    def score(self, files: list[str], names: list[str], out_dir: str | None, skip_bad: bool) -> tuple[list, list]:
+        return predict_files(self.model, [Path(f) for f in files], names, None if out_dir is None else Path(out_dir),
+                             skip_bad)
 
 
 def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate: float | None = None):
@@ -108,10 +104,15 @@ def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate:
     return ActorPool([actor.remote(str(model_dir), threads, false_alarm_rate) for _ in range(workers)])
 
 
-def predict_files(scorers, files: Sequence[Path], names: Sequence[str], out_dir: Path | None,
-                  chunk_size: int = 64) -> Iterator[list[dict]]:
-    """Score `files` on the `start_scorers` pool, chunk by chunk; yields each chunk's rows in the files' order."""
+def predict_on_actors(scorers, files: Sequence[Path], names: Sequence[str], out_dir: Path | None,
+                      skip_bad: bool = False, chunk_size: int = 64) -> tuple[list[dict], list[str]]:
+    """`jobs.predict_files` on the `start_scorers` pool, chunk by chunk: rows in the files' order, skipped files."""
     starts = np.arange(0, len(files), chunk_size)
     chunks = [([str(f) for f in files[s : s + chunk_size]], list(names[s : s + chunk_size])) for s in starts]
     target = None if out_dir is None else str(out_dir)
-    yield from scorers.map(lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target), chunks)
+    rows, skipped = [], []
+    for chunk_rows, chunk_skipped in scorers.map(
+            lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target, skip_bad), chunks):
+        rows += chunk_rows
+        skipped += chunk_skipped
+    return rows, skipped

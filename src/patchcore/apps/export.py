@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -11,55 +12,42 @@ import numpy as np
 import torch
 from torch import nn
 
-from patchcore.core.scoring import map_operator
 from patchcore.core.patchcore import PatchCore
+from patchcore.core.scoring import anomaly_maps, image_scores, map_operators
 from patchcore.io.persistence import usual_permissions
+from patchcore.search import BankSearch
 
 DEFAULT_MAX_BANK_ROWS = 100_000
 OPSET = 18
 
 
 class ScoringGraph(nn.Module):
-    """PatchCore's scoring as one module of tensor operations, for export: backbone and patch features,
-    exact nearest-neighbour distances to the memory bank, Eq. 7 reweighting, and the blurred map.
+    """A fitted PatchCore as one module for export: backbone and patch features, exact search of the
+    memory bank, and the library's own scoring (`patchcore.core.scoring`: Eq. 7 and the blurred map).
 
-    The library searches with faiss; this module computes the same quantities with matrix products
-    (the map with the library's own upsample-and-blur operators), so an ONNX runtime needs nothing else.
+    Built from copies: exporting never moves or changes the fitted model (a CUDA model stays on CUDA).
     """
 
     def __init__(self, model: PatchCore) -> None:
         super().__init__()
-        self.extractor = model.extractor_.to("cpu").to(memory_format=torch.contiguous_format)
-        bank = torch.from_numpy(np.ascontiguousarray(model.memory_bank_, dtype=np.float32))
-        self.register_buffer("bank", bank)
-        self.register_buffer("bank_squared_norms", (bank.double() ** 2).sum(dim=1).float())
-        self.reweight = model.reweight and model.num_neighbours > 1
-        self.num_neighbours = min(model.num_neighbours, len(bank))
-        height, width = model.feature_grid_
-        for name, grid_size in (("map_rows", height), ("map_columns", width)):
-            operator = map_operator(grid_size, model.image_size, float(model.blur_sigma))
+        self.extractor = copy.deepcopy(model.extractor_).cpu().to(memory_format=torch.contiguous_format)
+        self.search = BankSearch(model.memory_bank_)
+        self.reweight = model.reweight
+        self.num_neighbours = model.num_neighbours
+        size = (model.image_size, model.image_size)
+        for name, operator in zip(("map_rows", "map_columns"), map_operators(model.feature_grid_, size, model.blur_sigma)):
             self.register_buffer(name, operator.clone())
 
-    def squared_distances(self, queries: torch.Tensor) -> torch.Tensor:
-        query_norms = (queries * queries).sum(dim=1, keepdim=True)
-        return (query_norms - 2.0 * queries @ self.bank.T + self.bank_squared_norms[None, :]).clamp_min(0.0)
-
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The extractor's own forward runs in inference mode, which export cannot trace; same operations.
         features = self.extractor._patch_features(self.extractor._taps(images))  # (B, h, w, D)
         batch, height, width, dim = features.shape
         patches = features.reshape(batch, height * width, dim)
-        nearest_squared, nearest = self.squared_distances(patches.reshape(-1, dim)).min(dim=1)
-        patch_scores = nearest_squared.sqrt().reshape(batch, height * width)
-        worst = patch_scores.argmax(dim=1, keepdim=True)
-        scores = patch_scores.gather(1, worst)[:, 0]
-        if self.reweight:
-            anchors = nearest.reshape(batch, height * width).gather(1, worst)[:, 0]
-            # N_b(m*): the b bank entries nearest m*, m* itself (distance 0) first.
-            _, support = self.squared_distances(self.bank[anchors]).topk(self.num_neighbours, dim=1, largest=False)
-            worst_patch = patches.gather(1, worst[:, :, None].expand(batch, 1, dim))
-            to_support = (self.bank[support] - worst_patch).pow(2).sum(dim=2).sqrt()
-            scores = (1.0 - torch.softmax(to_support, dim=1)[:, 0]) * scores
-        maps = self.map_rows @ patch_scores.reshape(batch, height, width) @ self.map_columns.T
+        distances, nearest = self.search(patches.reshape(-1, dim), 1)
+        patch_scores = distances[:, 0].reshape(batch, height * width)
+        scores = image_scores(patches, patch_scores, nearest[:, 0].reshape(batch, height * width), self.search.bank,
+                              self.search, self.num_neighbours, self.reweight)
+        maps = anomaly_maps(patch_scores.reshape(batch, height, width), self.map_rows, self.map_columns)
         return scores, maps
 
 

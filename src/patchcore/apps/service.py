@@ -24,7 +24,6 @@ from patchcore.core.detector import Detector
 from patchcore.errors import ImageLoadError, PatchCoreError
 from patchcore.io.images import decode_image
 from patchcore.methods import load_model
-from patchcore.io.persistence import MANIFEST
 from patchcore.io.visualize import overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -39,8 +38,12 @@ class ServedModel:
 
     name: str
     model: Detector
-    manifest: dict[str, Any]
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest the model was loaded from."""
+        return self.model.manifest_
 
 
 def parse_model_argument(argument: str) -> tuple[str, Path]:
@@ -62,9 +65,7 @@ def load_models(arguments: list[str], device: str | None = None) -> dict[str, Se
         name, directory = parse_model_argument(argument)
         if name in served:
             raise ValueError(f"two models are named {name!r}: name them with NAME=DIR")
-        model = load_model(directory, device=device)
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-        served[name] = ServedModel(name, model, manifest)
+        served[name] = ServedModel(name, load_model(directory, device=device))
     if not served:
         raise ValueError("no model to serve")
     return served
@@ -223,9 +224,9 @@ def summary(served: ServedModel) -> dict:
     threshold = served.model.decision_threshold()
     return {
         "name": served.name,
-        "method": served.manifest.get("method", "patchcore"),
-        "backbone": served.manifest.get("backbone", {}).get("name"),
-        "n_train_images": served.manifest.get("n_train_images"),
+        "method": served.model.method,
+        "backbone": served.model.backbone,
+        "n_train_images": served.model.n_train_images_,
         "threshold": None if threshold is None else threshold.value,
         "false_alarm_rate": served.model.false_alarm_rate,
     }

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from patchcore.core.detector import Detector, Prediction
 from patchcore.errors import NotFittedError
-from patchcore.io.images import ImageInput, expand_image_inputs
+from patchcore.io.images import ImageInput, collect_images
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate
 
 
-class Ensemble:
+class Ensemble(BaseEstimator):
     """Average of member detectors (e.g. several backbones, each with its own memory bank).
 
     Scores of different backbones live on different scales. Each member's image score is turned
@@ -29,7 +30,7 @@ class Ensemble:
     def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Ensemble":
         if len(self.members) < 1:
             raise ValueError("an ensemble needs at least one member")
-        items = expand_image_inputs(images)
+        items = collect_images(images, training=True)
         for member in self.members:
             member.fit(items)
         return self._calibrate()
@@ -77,7 +78,7 @@ class Ensemble:
     def iter_predict(self, images: ImageInput | Sequence[ImageInput]) -> Iterator[Prediction]:
         if not hasattr(self, "score_scales_"):
             raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
-        items = expand_image_inputs(images)
+        items = collect_images(images)
         threshold = self.decision_threshold()
         streams = [member.iter_predict(items) for member in self.members]
         for predictions in zip(*streams):
@@ -89,5 +90,5 @@ class Ensemble:
         """Image scores only: the members score without building maps."""
         if not hasattr(self, "score_scales_"):
             raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
-        items = expand_image_inputs(images)
+        items = collect_images(images)
         return self._combine([member.score_samples(items) for member in self.members])

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from patchcore.core.scoring import anomaly_map
-from patchcore.backbones import DEFAULT_BACKBONE, BackboneSpec, LoadedBackbone
+from patchcore.backbones import BackboneSpec, LoadedBackbone
 from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
-from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
+from patchcore.params import documented, param
 
 
+@documented
+@dataclass(kw_only=True, eq=False, repr=False)
 class Padim(Detector):
     """Patch Distribution Modeling, with the same backbone as PatchCore.
 
@@ -28,37 +28,8 @@ class Padim(Detector):
 
     method = "padim"
 
-    def __init__(
-        self,
-        backbone: str = DEFAULT_BACKBONE,
-        layers: Sequence[str] | None = None,
-        weights: str | Path | None = None,
-        n_channels: int = 100,
-        covariance_epsilon: float = 0.01,
-        image_size: int = 224,
-        resize: int | None = None,
-        blur_sigma: float = 4.0,
-        holdout_fraction: float = 0.1,
-        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-        batch_size: int = 8,
-        seed: int = 0,
-        device: str | None = None,
-        progress: bool = False,
-    ) -> None:
-        self.backbone = backbone
-        self.layers = layers
-        self.weights = weights
-        self.n_channels = n_channels
-        self.covariance_epsilon = covariance_epsilon
-        self.image_size = image_size
-        self.resize = resize
-        self.blur_sigma = blur_sigma
-        self.holdout_fraction = holdout_fraction
-        self.false_alarm_rate = false_alarm_rate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = device
-        self.progress = progress
+    n_channels: int = param(100, "PaDiM: random channels kept for the Gaussians.")
+    covariance_epsilon: float = param(0.01, "PaDiM: epsilon added to each covariance's diagonal.")
 
     def _validate_method_params(self) -> None:
         if self.n_channels < 1:
@@ -100,15 +71,12 @@ class Padim(Detector):
         self.means_ = mean.float().numpy()
         self.inverse_covariances_ = np.ascontiguousarray(torch.linalg.inv(covariance).float().numpy())
 
-    def _score_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         centred = self._features(batch).float() - torch.from_numpy(self.means_)
         inverse = torch.from_numpy(self.inverse_covariances_)
         squared = torch.einsum("bpc,pcd,bpd->bp", centred, inverse, centred).clamp_min(0)
-        patch_scores = squared.sqrt().reshape(len(centred), *self.feature_grid_).numpy()
-        image_scores = np.array(
-            [anomaly_map(grid, self.image_size, self.blur_sigma).max() for grid in patch_scores], dtype=np.float64
-        )
-        return image_scores, patch_scores
+        patch_scores = squared.sqrt().reshape(len(centred), *self.feature_grid_)
+        return self._crop_maps(patch_scores).amax(dim=(1, 2)), patch_scores
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         state = {"feature_grid": list(self.feature_grid_)}

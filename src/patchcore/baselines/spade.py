@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from patchcore.backbones import DEFAULT_BACKBONE, LoadedBackbone
+from patchcore.backbones import LoadedBackbone
 from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
 from patchcore.search import ExactIndex
-from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
+from patchcore.params import documented, param
 
 
+@documented
+@dataclass(kw_only=True, eq=False, repr=False)
 class Spade(Detector):
     """Semantic Pyramid Anomaly Detection, with the same backbone as PatchCore.
 
@@ -30,35 +31,7 @@ class Spade(Detector):
 
     method = "spade"
 
-    def __init__(
-        self,
-        backbone: str = DEFAULT_BACKBONE,
-        layers: Sequence[str] | None = None,
-        weights: str | Path | None = None,
-        n_nearest_images: int = 50,
-        image_size: int = 224,
-        resize: int | None = None,
-        blur_sigma: float = 4.0,
-        holdout_fraction: float = 0.1,
-        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-        batch_size: int = 8,
-        seed: int = 0,
-        device: str | None = None,
-        progress: bool = False,
-    ) -> None:
-        self.backbone = backbone
-        self.layers = layers
-        self.weights = weights
-        self.n_nearest_images = n_nearest_images
-        self.image_size = image_size
-        self.resize = resize
-        self.blur_sigma = blur_sigma
-        self.holdout_fraction = holdout_fraction
-        self.false_alarm_rate = false_alarm_rate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = device
-        self.progress = progress
+    n_nearest_images: int = param(50, "SPADE: nearest training images per test image (k).")
 
     def _validate_method_params(self) -> None:
         if self.n_nearest_images < 1:
@@ -76,7 +49,7 @@ class Spade(Detector):
         self.train_patch_features_ = np.concatenate(patch_grids)
         self.train_global_features_ = np.concatenate(global_features)
 
-    def _score_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches, pooled = self.extractor_.forward_with_global(batch)
         patches = patches.float().cpu()
         train_global = torch.from_numpy(self.train_global_features_)
@@ -90,7 +63,7 @@ class Spade(Detector):
             # at stride 4 (levels 1-3) would be 3,136 x 156,800 floats per image.
             distances, _ = ExactIndex().fit(gallery).search(patches[i].reshape(-1, dim).numpy(), k=1)
             patch_scores[i] = distances[:, 0].reshape(height, width)
-        return image_distances.mean(dim=1).double().numpy(), patch_scores
+        return image_distances.mean(dim=1).double(), torch.from_numpy(patch_scores)
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from patchcore import __version__
-from patchcore.core.scoring import anomaly_map
-from patchcore.backbones import BackboneSpec, LoadedBackbone, get_backbone_spec, load_backbone, resolve_layers
-from patchcore.errors import ModelFileError, NotFittedError
+from patchcore.backbones import (DEFAULT_BACKBONE, BackboneSpec, LoadedBackbone, get_backbone_spec, load_backbone,
+                                 resolve_layers)
 from patchcore.core.features import FeatureExtractor
-from patchcore.io.images import ImageInput, Preprocessor, expand_image_inputs, load_image
+from patchcore.core.scoring import anomaly_maps, map_operators
+from patchcore.core.thresholds import (DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate,
+                                       validate_false_alarm_rate)
+from patchcore.errors import ModelFileError, NotFittedError
+from patchcore.io.images import ImageInput, Preprocessor, collect_images, load_image
 from patchcore.io.persistence import load_directory, save_directory
-from patchcore.core.thresholds import Threshold, threshold_at_false_alarm_rate, validate_false_alarm_rate
+from patchcore.params import comma_list, param
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Prediction:
     """
 
     score: float
-    anomaly_map: np.ndarray
+    anomaly_map: np.ndarray = field(repr=False)
     source: str | None = None
     threshold: float | None = None
     normalised_score: float | None = None
@@ -64,16 +67,40 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-class Detector(ABC):
+@dataclass(kw_only=True, eq=False, repr=False)
+class Detector(BaseEstimator, ABC):
     """Base of PatchCore and the baselines: `fit` on good images, then `predict` / `score_samples`.
 
-    Subclasses declare every hyper-parameter in `__init__` (scikit-learn style) and implement how
-    features are extracted, how the fitted state is built from training images, and how a batch is
-    scored. The shared parameters are backbone, layers, weights, image_size, resize, blur_sigma,
-    holdout_fraction, false_alarm_rate, batch_size, seed, device and progress.
+    A scikit-learn-style estimator: every hyper-parameter is a declared field (`patchcore.params.param`),
+    shared ones here, a method's own in its subclass, so `get_params`, `set_params` and
+    `sklearn.base.clone` work and the CLI options are generated from the same declarations. Fitted
+    state lives in attributes ending in `_`. Subclasses implement how features are extracted, how the
+    fitted state is built from training images, and how a batch is scored.
+
+    Scores follow the anomaly-detection convention: higher means more anomalous. (scikit-learn's
+    outlier detectors, e.g. `IsolationForest.score_samples`, use the opposite sign.)
     """
 
     method: ClassVar[str]
+
+    backbone: str = param(DEFAULT_BACKBONE, "Feature extractor by name (`patchcore backbones` lists them).")
+    layers: Sequence[str] | None = param(
+        None, "Feature taps: stage names or level1..level4, comma-separated (default: per backbone and method).",
+        parse=comma_list)
+    weights: str | Path | None = param(
+        None, "Backbone weights: a state-dict file (.pth, .safetensors), 'torch-hub', or 'random' (tests only); "
+              "default: the packaged ones.", parse=str)
+    image_size: int = param(224, "Centre-crop size in pixels.")
+    resize: int | None = param(None, "Square size images are resized to before the crop (default: image_size x 256 / 224).")
+    blur_sigma: float = param(4.0, "Gaussian blur of the anomaly map, in pixels of the crop.")
+    holdout_fraction: float = param(
+        0.1, "Share of good images held out to measure nominal scores (the threshold's basis).")
+    false_alarm_rate: float = param(
+        DEFAULT_FALSE_ALARM_RATE, "Share of held-out good images the good/defect threshold may flag.")
+    batch_size: int = param(8, "Images per forward pass.")
+    seed: int = param(0, "Seed of every random choice: hold-out split, projection, sampling.")
+    device: str | None = param(None, "cpu or cuda (default: cuda when available).")
+    progress: bool = param(False, "Show progress bars.", cli=False)
 
     # -- to implement -----------------------------------------------------------------------
 
@@ -85,7 +112,7 @@ class Detector(ABC):
         """Build the fitted state from the training images."""
 
     @abstractmethod
-    def _score_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed batch -> (image scores (B,), patch-score grids (B, h, w))."""
 
     @abstractmethod
@@ -107,13 +134,14 @@ class Detector(ABC):
         """Parameters whose defaults were resolved at fit time, saved as resolved."""
         return {}
 
+    @classmethod
+    def _params_from_manifest(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Inverse of how `save` wrote parameters that JSON cannot hold as they are."""
+        return params
+
     # -- parameters -------------------------------------------------------------------------
 
-    def get_params(self) -> dict[str, Any]:
-        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def _validate_params(self) -> None:
+    def _check_params(self) -> None:
         get_backbone_spec(self.backbone)
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32, got {self.image_size}")
@@ -143,9 +171,9 @@ class Detector(ABC):
     # -- fitting ----------------------------------------------------------------------------
 
     def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Detector":
-        """Fit on good images: a folder (MVTec train/good is found), a list of paths, PIL images or arrays."""
-        self._validate_params()
-        items = expand_image_inputs(images)
+        """Fit on good images: a folder (recursively; an MVTec category's train/good), paths, PIL images or arrays."""
+        self._check_params()
+        items = collect_images(images, training=True)
         train_items, holdout_items = self._split_holdout(items)
         self._build_pipeline(load_backbone(self.backbone, self.weights))
         self._fit_items(train_items)
@@ -196,21 +224,28 @@ class Detector(ABC):
         return self._predict(images, with_maps=True)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Image anomaly scores only (no maps), higher = more anomalous."""
+        """Image anomaly scores only (no maps). Higher = more anomalous, the opposite of scikit-learn's
+        outlier detectors, whose `score_samples` is higher for normal samples."""
         return np.array([p.score for p in self._predict(images, with_maps=False)], dtype=np.float64)
 
     def _predict(self, images: ImageInput | Sequence[ImageInput], with_maps: bool) -> Iterator[Prediction]:
         self._check_fitted()
-        items = expand_image_inputs(images)
+        items = collect_images(images)
         threshold = self.decision_threshold()
         for batch, sizes, sources in self._batches(items, desc="predict"):
             scores, patch_scores = self._score_batch(batch)
+            scores = scores.double().cpu().numpy()
+            maps = self._crop_maps(patch_scores).cpu().numpy() if with_maps else None
             for i in range(len(scores)):
                 amap = np.empty((0, 0), dtype=np.float32)
-                if with_maps:
-                    crop_map = anomaly_map(patch_scores[i], self.image_size, self.blur_sigma)
-                    amap = self.preprocessor_.to_original_size(crop_map, sizes[i])
+                if maps is not None:
+                    amap = self.preprocessor_.to_original_size(maps[i], sizes[i])
                 yield Prediction.decided(float(scores[i]), amap, sources[i], threshold)
+
+    def _crop_maps(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) patch scores -> (B, S, S) blurred maps on the crop."""
+        size = (self.image_size, self.image_size)
+        return anomaly_maps(patch_scores, *map_operators(tuple(patch_scores.shape[1:]), size, self.blur_sigma))
 
     def decision_threshold(self) -> Threshold | None:
         """The threshold that flags `false_alarm_rate` of the held-out good images; None without them.
@@ -232,11 +267,18 @@ class Detector(ABC):
     def save(self, path: str | Path) -> Path:
         """Write the fitted model as a directory (manifest.json + .npy arrays), atomically."""
         self._check_fitted()
-        params = self.get_params()
+        state, arrays = self._fitted_state()
+        manifest = self._manifest(state)
+        saved = save_directory(path, manifest, {"nominal_scores": self.nominal_scores_, **arrays})
+        self.manifest_ = manifest
+        return saved
+
+    def _manifest(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What the model is, as manifest.json records it: parameters, backbone, preprocessing, nominal statistics."""
+        params = self.get_params(deep=False)
         params.update(layers=list(self.layers_), device=None, progress=False, **self._resolved_params())
         params["weights"] = None if self.weights is None else str(self.weights)
-        state, arrays = self._fitted_state()
-        manifest = {
+        return {
             "method": self.method,
             "package_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -256,7 +298,6 @@ class Detector(ABC):
             "nominal_map_range": self.nominal_map_range_,
             **state,
         }
-        return save_directory(path, manifest, {"nominal_scores": self.nominal_scores_, **arrays})
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, weights: str | Path | None = None) -> "Detector":
@@ -273,14 +314,14 @@ class Detector(ABC):
         device: str | None,
         weights: str | Path | None,
     ) -> "Detector":
-        method = manifest.get("method", "patchcore")  # models saved before baselines existed
+        try:
+            method = manifest["method"]
+            params = cls._params_from_manifest(dict(manifest["params"]))
+            expected_digest = manifest["backbone"]["weights_sha256"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: manifest lacks a required entry or holds a bad one ({error})") from error
         if method != cls.method:
             raise ModelFileError(f"{path}: holds a {method!r} model, not {cls.method!r}; use patchcore.load_model")
-        try:
-            params = dict(manifest["params"])
-            expected_digest = manifest["backbone"]["weights_sha256"]
-        except (KeyError, TypeError) as error:
-            raise ModelFileError(f"{path}: manifest lacks a required entry ({error})") from error
         if weights is not None:
             params["weights"] = str(weights)
         params.update(device=device, progress=False)
@@ -288,7 +329,7 @@ class Detector(ABC):
             model = cls(**params)
         except TypeError as error:
             raise ModelFileError(f"{path}: manifest parameters do not fit {cls.__name__} ({error})") from error
-        model._validate_params()
+        model._check_params()
         backbone = load_backbone(model.backbone, model.weights)
         if backbone.weights_sha256 != expected_digest:
             raise ModelFileError(
@@ -296,12 +337,13 @@ class Detector(ABC):
                 f"fitted with (sha256 {expected_digest}); pass the original file with --weights"
             )
         model._build_pipeline(backbone)
-        model.n_train_images_ = manifest.get("n_train_images")
-        model.nominal_scores_ = arrays.get("nominal_scores", np.empty(0))
-        map_range = manifest.get("nominal_map_range")
-        model.nominal_map_range_ = tuple(map_range) if map_range else None
         try:
+            model.n_train_images_ = manifest["n_train_images"]
+            model.nominal_scores_ = arrays["nominal_scores"]
+            map_range = manifest["nominal_map_range"]
+            model.nominal_map_range_ = tuple(map_range) if map_range else None
             model._restore_state(manifest, arrays)
+            model.manifest_ = manifest
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{path}: model files do not fit the manifest ({error})") from error
         return model

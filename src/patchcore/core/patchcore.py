@@ -4,88 +4,62 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
-from patchcore.core.scoring import reweighting_factor
-from patchcore.backbones import DEFAULT_BACKBONE, LoadedBackbone
+from patchcore.backbones import LoadedBackbone
 from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
-from patchcore.io.images import ImageInput, expand_image_inputs
 from patchcore.core.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
-from patchcore.search import INDEX_KINDS, make_index
-from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
+from patchcore.core.scoring import image_scores
+from patchcore.io.images import ImageInput, collect_images
+from patchcore.params import documented, int_or_raw, param
+from patchcore.search import INDEX_KINDS, NearestNeighbourIndex, describe_index, make_index
 
 RAW = "raw"
 
 NO_SAMPLING = "none"
 
 
+@documented
+@dataclass(kw_only=True, eq=False, repr=False)
 class PatchCore(Detector):
     """PatchCore anomaly detector (Roth et al., CVPR 2022).
 
-    All hyper-parameters are set here; `fit` builds the memory bank, `predict` returns per-image
-    scores and anomaly maps, `score_samples` the scores alone. Higher scores mean more anomalous.
+    `fit` builds the memory bank of locally aware patch features from good images, subsampled by a
+    greedy coreset; `predict` returns per-image scores, anomaly maps and decisions, `score_samples` the
+    scores alone. Higher scores mean more anomalous.
     """
 
     method = "patchcore"
 
-    def __init__(
-        self,
-        backbone: str = DEFAULT_BACKBONE,
-        layers: Sequence[str] | None = None,
-        weights: str | Path | None = None,
-        feature_dim: int | Literal["raw"] | None = None,
-        patch_size: int = 3,
-        patch_stride: int = 1,
-        sampler: str = "greedy_coreset",
-        coreset_ratio: float = 0.1,
-        projection_dim: int = 128,
-        index: str = "ivf",
-        reweight: bool = True,
-        num_neighbours: int = 9,
-        image_size: int = 224,
-        resize: int | None = None,
-        blur_sigma: float = 4.0,
-        holdout_fraction: float = 0.1,
-        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-        batch_size: int = 8,
-        seed: int = 0,
-        device: str | None = None,
-        progress: bool = False,
-    ) -> None:
-        self.backbone = backbone
-        self.layers = layers
-        self.weights = weights
-        self.feature_dim = feature_dim
-        self.patch_size = patch_size
-        self.patch_stride = patch_stride
-        self.sampler = sampler
-        self.coreset_ratio = coreset_ratio
-        self.projection_dim = projection_dim
-        self.index = index
-        self.reweight = reweight
-        self.num_neighbours = num_neighbours
-        self.image_size = image_size
-        self.resize = resize
-        self.blur_sigma = blur_sigma
-        self.holdout_fraction = holdout_fraction
-        self.false_alarm_rate = false_alarm_rate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.device = device
-        self.progress = progress
+    feature_dim: int | Literal["raw"] | None = param(
+        None, "Patch feature dimension, levels pooled to equal shares (the official code's merge); 'raw' "
+              "concatenates every tapped channel (anomalib's). Default per backbone: raw for Lite0.", parse=int_or_raw)
+    patch_size: int = param(3, "Neighbourhood p of Eq. 1 (odd).")
+    patch_stride: int = param(1, "Stride s on the patch grid (Eq. 3).")
+    sampler: str = param("greedy_coreset", "Memory-bank subsampling: greedy_coreset, random, learned_proxies "
+                                           "(Eq. 8, with the softmax weight exp(-distance)) or none.")
+    coreset_ratio: float = param(0.1, "Share of patches kept in the memory bank.")
+    projection_dim: int = param(128, "Dimension of the random projection the greedy coreset searches in.")
+    index: str | NearestNeighbourIndex = param(
+        "ivf", "Nearest-neighbour search: ivf (codes in the visited cells, best candidates re-ranked exactly), "
+               "exact, ivfflat, ivfpq, hnsw; in the API also an index instance, e.g. IVFIndex(n_probe=16).",
+        parse=str)
+    reweight: bool = param(True, "Eq. 7 score reweighting.")
+    num_neighbours: int = param(9, "b of Eq. 7 (1: no reweighting).")
 
     def _validate_method_params(self) -> None:
         if self.sampler not in (*SAMPLERS, NO_SAMPLING):
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {(*SAMPLERS, NO_SAMPLING)}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.index not in INDEX_KINDS:
-            raise ValueError(f"unknown index {self.index!r}; choose from {INDEX_KINDS}")
+        if not isinstance(self.index, NearestNeighbourIndex) and self.index not in INDEX_KINDS:
+            raise ValueError(f"unknown index {self.index!r}; choose from {', '.join(INDEX_KINDS)}")
         if not (self.feature_dim is None or self.feature_dim == RAW
                 or (isinstance(self.feature_dim, int) and self.feature_dim >= 1)):
             raise ValueError(f"feature_dim must be a positive integer, 'raw' or None, got {self.feature_dim!r}")
@@ -123,9 +97,14 @@ class PatchCore(Detector):
         self.n_patches_seen_ = len(patches)
         self._set_bank(bank)
 
-    def _set_bank(self, bank: np.ndarray) -> None:
+    def _set_bank(self, bank: np.ndarray, index_state: np.ndarray | None = None) -> None:
+        """The bank and its search index: fitted, or restored from a saved state without training again."""
         self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
-        self.index_ = make_index(self.index).fit(self.memory_bank_)
+        index = clone(self.index) if isinstance(self.index, NearestNeighbourIndex) else make_index(self.index)
+        if index_state is None:
+            self.index_ = index.fit(self.memory_bank_)
+        else:
+            self.index_ = index.restore(index_state, self.memory_bank_.shape[1])
 
     def _subsample(self, patches: np.ndarray) -> np.ndarray:
         if self.sampler == NO_SAMPLING or self.coreset_ratio >= 1.0:
@@ -145,62 +124,46 @@ class PatchCore(Detector):
     def patch_features(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Locally aware patch features of images, (n_images, h, w, feature_dim): what the bank holds."""
         self._check_fitted()
-        items = expand_image_inputs(images)
+        items = collect_images(images)
         batches = self._batches(items, "features")
         return np.concatenate([self.extractor_(batch).float().cpu().numpy() for batch, _, _ in batches])
 
-    def _score_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.extractor_(batch).float().cpu()
         n_images, height, width, dim = features.shape
-        queries = features.reshape(-1, dim).numpy()
-        distances, nearest = self.index_.search(queries, k=1)
+        patches = features.reshape(n_images, height * width, dim)
+        distances, nearest = self.index_.search_tensor(patches.reshape(-1, dim), k=1)
         patch_scores = distances[:, 0].reshape(n_images, height * width)
-        nearest = nearest[:, 0].reshape(n_images, height * width)
-        scores = self._image_scores(queries.reshape(n_images, height * width, dim), patch_scores, nearest)
+        scores = image_scores(patches, patch_scores, nearest[:, 0].reshape(n_images, height * width),
+                              torch.from_numpy(self.memory_bank_), self.index_.search_tensor,
+                              self.num_neighbours, self.reweight)
         return scores, patch_scores.reshape(n_images, height, width)
-
-    def _image_scores(self, patches: np.ndarray, patch_scores: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-        """Max patch distance s*, times the Eq. 7 weight when reweighting is on.
-
-        With b = 1 the neighbourhood N_b(m*) is m* alone, the softmax is 1 and Eq. 7 would zero every
-        score; as in anomalib, b = 1 means s* unweighted.
-        """
-        worst = patch_scores.argmax(axis=1)
-        rows = np.arange(len(worst))
-        max_scores = patch_scores[rows, worst].astype(np.float64)
-        if not self.reweight or self.num_neighbours == 1:
-            return max_scores
-        anchors = nearest[rows, worst]
-        # One faiss call for the batch: mixing numpy's BLAS threads with faiss's here measured
-        # 2x slower per image at batch 1 (the two thread pools hand the cores back and forth).
-        _, neighbours = self.index_.search(self.memory_bank_[anchors], k=self.num_neighbours)
-        scores = np.empty(len(worst))
-        for i, (patch, anchor) in enumerate(zip(patches[rows, worst], anchors)):
-            support = _anchor_first(anchor, neighbours[i])
-            to_support = np.linalg.norm(self.memory_bank_[support].astype(np.float64) - patch, axis=1)
-            scores[i] = reweighting_factor(to_support[None])[0] * max_scores[i]
-        return scores
 
     # -- persistence ------------------------------------------------------------------------
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         state = {"feature_grid": list(self.feature_grid_), "n_patches_seen": self.n_patches_seen_}
-        return state, {"memory_bank": self.memory_bank_}
+        arrays = {"memory_bank": self.memory_bank_}
+        if self.index_.saves_state:  # trained indexes are saved, so loading never re-trains them
+            arrays["search_index"] = self.index_.state()
+        return state, arrays
 
     def _resolved_params(self) -> dict[str, Any]:
-        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_}
+        index = self.index if isinstance(self.index, str) else describe_index(self.index)
+        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_, "index": index}
+
+    @classmethod
+    def _params_from_manifest(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(params.get("index"), dict):
+            params["index"] = make_index(**params["index"])
+        return params
 
     def _restore_state(self, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         bank = arrays["memory_bank"]
         self.feature_dim_ = self.extractor_.feature_dim
         if bank.ndim != 2 or bank.shape[1] != self.feature_dim_:
             raise ValueError(f"memory bank shape {bank.shape} does not match feature_dim {self.feature_dim_}")
-        self._set_bank(bank)
+        self._set_bank(bank, arrays.get("search_index"))
         self.feature_grid_ = tuple(manifest["feature_grid"])
-        self.n_patches_seen_ = manifest.get("n_patches_seen")
+        self.n_patches_seen_ = manifest["n_patches_seen"]
 
-
-def _anchor_first(anchor: int, neighbours: np.ndarray) -> np.ndarray:
-    """N_b(m*) with m* itself first, whatever order the search returned ties in."""
-    others = neighbours[(neighbours != anchor) & (neighbours >= 0)][: len(neighbours) - 1]
-    return np.concatenate([[anchor], others]).astype(np.int64)

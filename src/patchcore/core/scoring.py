@@ -1,7 +1,12 @@
-"""From patch distances to results: image score with Eq. 7 reweighting, and the blurred anomaly map."""
+"""From nearest-neighbour distances to results: image scores (Eq. 5-7) and blurred anomaly maps, in torch.
+
+The one implementation of PatchCore's scoring, shared by the library and the exported ONNX graph. The
+search is passed in (`Search`), so the library can use a faiss index and the graph a matrix product.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -9,27 +14,52 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 
+# queries (N, D), k -> (L2 distances (N, k), bank row indices (N, k)); an index of -1 means "not found".
+Search = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
-def reweighting_factor(test_to_neighbours: np.ndarray) -> np.ndarray:
-    """Eq. 7 weight: 1 - exp(d(m_test*, m*)) / sum over m in N_b(m*) of exp(d(m_test*, m)).
 
-    `test_to_neighbours[i]` holds distances from image i's most anomalous patch m_test* to the
-    members of N_b(m*), m* first. N_b(m*) are the b nearest bank entries of m* with m* itself
-    counted (as in anomalib), so the fraction is a softmax and the weight lies in [0, 1).
+def image_scores(
+    patches: torch.Tensor,
+    patch_scores: torch.Tensor,
+    nearest: torch.Tensor,
+    bank: torch.Tensor,
+    search: Search,
+    num_neighbours: int,
+    reweight: bool,
+) -> torch.Tensor:
+    """Image scores (B,) from patches (B, P, D), their distances (B, P) to and indices (B, P) of their nearest bank rows.
+
+    s* is the largest patch distance (Eq. 6). With reweighting (Eq. 7) it is multiplied by
+    1 - exp(||m_test* - m*||) / sum over m in N_b(m*) of exp(||m_test* - m||), where N_b(m*) are the b
+    bank rows nearest m*, m* itself included (as in anomalib), so the fraction is a softmax term and the
+    weight lies in [0, 1). With b = 1 the set is m* alone and the weight would zero every score; as in
+    anomalib, b = 1 means s* unweighted.
     """
-    distances = np.asarray(test_to_neighbours, dtype=np.float64)
-    shifted = distances - distances.max(axis=1, keepdims=True)
-    softmax_first = np.exp(shifted[:, 0]) / np.exp(shifted).sum(axis=1)
-    return 1.0 - softmax_first
+    worst = patch_scores.argmax(dim=1, keepdim=True)
+    scores = patch_scores.gather(1, worst)[:, 0]
+    if not reweight or num_neighbours == 1:
+        return scores
+    anchors = nearest.gather(1, worst)[:, 0]
+    _, support = search(bank[anchors], num_neighbours)
+    # m* belongs to its own neighbourhood; an approximate search that missed it gets it in the last place.
+    has_anchor = (support == anchors[:, None]).any(dim=1)
+    last = torch.where(has_anchor, support[:, -1], anchors)
+    support = torch.cat([support[:, :-1], last[:, None]], dim=1)
+    worst_patch = patches.gather(1, worst[:, :, None].expand(-1, 1, patches.shape[2]))  # (B, 1, D)
+    to_support = (bank[support.clamp_min(0)] - worst_patch).norm(dim=2)
+    to_support = torch.where(support >= 0, to_support, torch.full_like(to_support, -torch.inf))
+    to_anchor = (bank[anchors] - worst_patch[:, 0]).norm(dim=1)
+    weight = 1.0 - torch.exp(to_anchor - torch.logsumexp(to_support, dim=1))
+    return weight * scores
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=64)
 def map_operator(grid_size: int, size: int, blur_sigma: float) -> torch.Tensor:
     """(size, grid_size) matrix that upsamples one axis bilinearly, then blurs it (scipy's Gaussian, 'reflect').
 
     Both steps are linear and separable, so a map is two small matrix products, A_h S A_w^T: 30x
-    faster than filtering the 224 x 224 upsampled map, and equal to it within 1e-6. Cached and
-    shared: callers must not modify it.
+    faster than filtering the upsampled map, and equal to it within 1e-6. Cached and shared:
+    callers must not modify it.
     """
     basis = torch.eye(grid_size, dtype=torch.float64)[None]
     upsampled = F.interpolate(basis, size=size, mode="linear", align_corners=False)[0].T.numpy()
@@ -37,12 +67,13 @@ def map_operator(grid_size: int, size: int, blur_sigma: float) -> torch.Tensor:
     return torch.from_numpy(operator.astype(np.float32))
 
 
-def anomaly_map(patch_scores: np.ndarray, size: int, blur_sigma: float) -> np.ndarray:
-    """(h, w) patch scores -> (size, size) map: bilinear upsampling, then Gaussian blur (sigma in pixels)."""
-    height, width = patch_scores.shape
-    rows = map_operator(height, size, float(blur_sigma))
-    columns = map_operator(width, size, float(blur_sigma))
-    scores = torch.from_numpy(np.array(patch_scores, dtype=np.float32))
+def map_operators(grid: tuple[int, int], size: tuple[int, int], blur_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rows, columns) operators that turn an (h, w) patch-score grid into a (H, W) blurred map."""
+    return map_operator(grid[0], size[0], float(blur_sigma)), map_operator(grid[1], size[1], float(blur_sigma))
+
+
+def anomaly_maps(patch_scores: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) patch scores -> (B, H, W) maps: bilinear upsampling, then Gaussian blur, as `map_operators` built them."""
     # torch, not numpy: numpy's BLAS threads spin against torch's and faiss's and made a
     # batch-1 predict 3.7x slower on 2 cores.
-    return (rows @ scores @ columns.T).numpy()
+    return rows.to(patch_scores.device) @ patch_scores @ columns.to(patch_scores.device).T

@@ -88,31 +88,52 @@ def array_to_image(array: np.ndarray) -> Image.Image:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files directly inside `folder`, sorted by name."""
+    """The image files under `folder`, recursively, in a stable order (by relative path); hidden files
+    and folders (our own staging files among them) are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if not files:
         raise DatasetError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     return files
 
 
-def training_folder(path: str | Path) -> Path:
-    """A folder of good images: `path` itself, or `path/train/good` for an MVTec-style category."""
-    path = Path(path)
-    mvtec_train = path / "train" / "good"
-    return mvtec_train if mvtec_train.is_dir() else path
+def is_mvtec_category(folder: Path) -> bool:
+    return (folder / "train" / "good").is_dir()
 
 
-def expand_image_inputs(inputs: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-    """A folder becomes its images (or its `train/good` images); a single image becomes a list of one."""
-    if isinstance(inputs, (str, Path)):
-        path = Path(inputs)
-        return list(list_images(training_folder(path))) if path.is_dir() else [path]
-    if isinstance(inputs, (Image.Image, np.ndarray)):
-        return [inputs]
-    items = list(inputs)
+def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = False) -> list[ImageInput]:
+    """The one way the library, CLI, service and Ray turn what a user gives into a list of images.
+
+    Files stay as given; a folder becomes its images, recursively, in a stable order; PIL images and
+    arrays stay as they are. A category folder in MVTec AD layout (it holds `train/good`) gives its
+    `train/good` images when `training` (fit), else its `test` images (predict): predicting never
+    scores the training set by accident.
+    """
+    if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
+        inputs = [inputs]
+    items: list[ImageInput] = []
+    for item in inputs:
+        if not isinstance(item, (str, Path)):
+            items.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            if is_mvtec_category(path):
+                path = path / "train" / "good" if training else path / "test"
+                if not path.is_dir():
+                    raise DatasetError(f"{path.parent}: an MVTec-style category without test/: predict its "
+                                       "images by naming their folder or files")
+            items += list_images(path)
+        elif path.is_file():
+            items.append(path)
+        else:
+            raise DatasetError(f"{path}: no such file or folder")
     if not items:
         raise DatasetError("no images given")
     return items

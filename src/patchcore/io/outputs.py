@@ -1,4 +1,4 @@
-"""Prediction outputs on disk: the scores table (CSV, JSON) and heatmap overlays with collision-free names."""
+"""Prediction outputs on disk: the scores table (CSV, JSON) and collision-free output names."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from patchcore.core.detector import Detector, Prediction
+from patchcore.core.detector import Prediction
 from patchcore.io.persistence import atomic_write_bytes
-from patchcore.io.visualize import write_overlay
 
 PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision"]
 
@@ -26,13 +25,6 @@ def output_names(files: Sequence[Path]) -> list[str]:
 def prediction_row(prediction: Prediction) -> dict:
     return {"image": prediction.source, "score": prediction.score, "normalised_score": prediction.normalised_score,
             "threshold": prediction.threshold, "decision": prediction.decision}
-
-
-def write_heatmaps(model: Detector, predictions: Sequence[Prediction], names: Sequence[str], out_dir: Path) -> None:
-    """One overlay PNG per prediction, `out_dir/heatmaps/NAME.png`."""
-    for prediction, name in zip(predictions, names):
-        write_overlay(out_dir / "heatmaps" / f"{name}.png", prediction.source, prediction.anomaly_map,
-                      model.nominal_map_range_)
 
 
 def write_scores(rows: Sequence[dict], out_dir: Path) -> None:

@@ -98,8 +98,10 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
             f"{manifest_path}: format version {manifest.get('format_version')!r}; this patchcore reads "
             f"version {FORMAT_VERSION}. Refit the model or use the patchcore release that wrote it"
         )
-    recorded = manifest.pop(MANIFEST_CHECKSUM, None)  # absent in models saved before it existed
-    if recorded is not None and recorded != manifest_sha256(manifest):
+    recorded = manifest.pop(MANIFEST_CHECKSUM, None)
+    if recorded is None:
+        raise ModelFileError(f"{manifest_path}: no {MANIFEST_CHECKSUM}; the manifest was modified or not written by patchcore")
+    if recorded != manifest_sha256(manifest):
         raise ModelFileError(f"{manifest_path}: checksum mismatch; the manifest is corrupt or was modified")
     arrays = {}
     for name, entry in manifest.get("arrays", {}).items():

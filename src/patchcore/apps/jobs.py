@@ -1,0 +1,62 @@
+"""The units of work the CLI runs one after another and Ray runs in parallel: fit a category, predict files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from patchcore.core.detector import Detector
+from patchcore.data.categories import Category
+from patchcore.errors import ImageLoadError
+from patchcore.io.images import load_image
+from patchcore.io.outputs import prediction_row
+from patchcore.io.visualize import write_overlay
+
+# Images decoded and scored at a time: bounds the maps and pictures in memory.
+PREDICT_CHUNK = 64
+
+
+def fit_category(category: Category, make_model: Callable[[], Detector], out_dir: Path) -> dict:
+    """Fit a fresh model on the category's good training images and save it as `out_dir/NAME`."""
+    model = make_model().fit(list(category.train_images))
+    saved = model.save(out_dir / category.name)
+    return {"category": category.name, "n_train_images": model.n_train_images_, "model_dir": str(saved)}
+
+
+def predict_files(
+    model: Detector,
+    files: Sequence[Path],
+    names: Sequence[str],
+    out_dir: Path | None,
+    skip_bad: bool = False,
+    progress: bool = False,
+) -> tuple[list[dict], list[str]]:
+    """Score `files`, writing each heatmap overlay as `out_dir/heatmaps/NAME.png` (none when `out_dir` is None).
+
+    Each file is decoded once, for both its score and its overlay. Returns the score rows in the
+    files' order and, with `skip_bad`, the messages of files that are not readable images (without
+    it the first such file raises `ImageLoadError`).
+    """
+    rows: list[dict] = []
+    skipped: list[str] = []
+    with tqdm(total=len(files), desc="predict", unit="image", disable=not progress) as bar:
+        for start in range(0, len(files), PREDICT_CHUNK):
+            pictures, kept = [], []
+            for file, name in zip(files[start : start + PREDICT_CHUNK], names[start : start + PREDICT_CHUNK]):
+                try:
+                    pictures.append(load_image(file))
+                    kept.append((file, name))
+                except ImageLoadError as error:
+                    if not skip_bad:
+                        raise
+                    skipped.append(str(error))
+            for picture, (file, name), prediction in zip(pictures, kept, model.predict(pictures) if pictures else []):
+                prediction.source = str(file)
+                if out_dir is not None:
+                    write_overlay(out_dir / "heatmaps" / f"{name}.png", picture, prediction.anomaly_map,
+                                  model.nominal_map_range_)
+                rows.append(prediction_row(prediction))
+            bar.update(min(PREDICT_CHUNK, len(files) - start))
+    return rows, skipped
