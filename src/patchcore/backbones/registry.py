@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
 
+from patchcore.backbones.base import Backbone
 from patchcore.backbones.efficientnet_lite import build_efficientnet_lite
 from patchcore.backbones.resnet import build_resnet
 from patchcore.errors import WeightsError
@@ -36,7 +36,7 @@ class PackagedWeights:
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[[], Backbone]
     default_layers: tuple[str, ...]
     # An int pools the tapped levels to equal shares of it (the official code's merge); "raw"
     # concatenates every tapped channel (anomalib's). Chosen per backbone by measurement.
@@ -129,7 +129,7 @@ def resolve_layers(spec: BackboneSpec, layers: Sequence[str] | None) -> tuple[st
 @dataclass(frozen=True)
 class LoadedBackbone:
     spec: BackboneSpec
-    module: nn.Module
+    module: Backbone
     weights_source: str
     weights_sha256: str | None
 
@@ -142,6 +142,8 @@ def load_backbone(name: str, weights: str | Path | None = None) -> LoadedBackbon
     """
     spec = get_backbone_spec(name)
     module = spec.build()
+    if not isinstance(module, Backbone):
+        raise TypeError(f"backbone {name!r} builds a {type(module).__name__}, which lacks stages() or convert_state_dict()")
     if weights == RANDOM_WEIGHTS:
         source, digest = RANDOM_WEIGHTS, None
     else:
@@ -200,7 +202,7 @@ def _torch_hub_weights_path(spec: BackboneSpec) -> Path:
     return path
 
 
-def _load_state_dict_file(module: nn.Module, path: Path) -> None:
+def _load_state_dict_file(module: Backbone, path: Path) -> None:
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
