@@ -7,6 +7,7 @@ from pathlib import Path
 from patchcore.core.detector import Detector
 from patchcore.core.patchcore import PatchCore
 from patchcore.baselines.padim import Padim
+from patchcore.errors import ModelFileError
 from patchcore.io.persistence import load_directory
 from patchcore.baselines.spade import Spade
 
@@ -23,5 +24,7 @@ def get_method(name: str) -> type[Detector]:
 def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None) -> Detector:
     """Load a saved model directory of any method (PatchCore, SPADE, PaDiM)."""
     manifest, arrays = load_directory(path)
-    method = get_method(manifest.get("method", PatchCore.method))
+    if "method" not in manifest:
+        raise ModelFileError(f"{path}: the manifest does not say which method the model is")
+    method = get_method(manifest["method"])
     return method._from_manifest(path, manifest, arrays, device, weights)

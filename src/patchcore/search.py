@@ -171,11 +171,7 @@ class IVFFlatIndex(NearestNeighbourIndex):
         n_total, dim = bank.shape
         n_lists = self.n_lists_ = self.n_lists or _ivf_lists(n_total)
         quantizer = faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, n_lists)
-        index.train(bank)  # faiss k-means has a fixed seed: the same bank gives the same cells
-        index.nprobe = min(self.n_probe, n_lists)
-        self._quantizer = quantizer  # faiss does not own it: keep it alive with the index
-        return index
+        return _trained(self, faiss.IndexIVFFlat(quantizer, dim, n_lists), quantizer, bank, n_lists)
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
@@ -196,11 +192,7 @@ class IVFPQIndex(NearestNeighbourIndex):
             raise ValueError(f"n_subquantizers {n_subquantizers} must divide the feature dimension {dim}")
         bits = 8 if n_total >= 256 * 4 else max(1, int(np.log2(max(2, n_total // 4))))
         quantizer = faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, n_lists, n_subquantizers, bits)
-        index.train(bank)
-        index.nprobe = min(self.n_probe, n_lists)
-        self._quantizer = quantizer  # faiss does not own it: keep it alive with the index
-        return index
+        return _trained(self, faiss.IndexIVFPQ(quantizer, dim, n_lists, n_subquantizers, bits), quantizer, bank, n_lists)
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
@@ -215,6 +207,15 @@ class HNSWIndex(NearestNeighbourIndex):
         index = faiss.IndexHNSWFlat(bank.shape[1], self.n_links)
         index.hnsw.efSearch = self.search_breadth
         return index
+
+
+def _trained(owner: IVFFlatIndex | IVFPQIndex, index: faiss.IndexIVF, quantizer: faiss.Index, bank: np.ndarray,
+             n_lists: int) -> faiss.IndexIVF:
+    """An inverted-list index trained on the bank, visiting `owner.n_probe` cells per query."""
+    index.train(bank)  # faiss k-means has fixed seeds: the same bank gives the same cells
+    index.nprobe = min(owner.n_probe, n_lists)
+    owner._quantizer = quantizer  # faiss does not own it: keep it alive with the index
+    return index
 
 
 def _largest_divisor_at_most(number: int, limit: int) -> int:

@@ -230,7 +230,8 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, u
     model.save(out_dir)
     if isinstance(model, PatchCore):
         state = (f"memory bank {model.memory_bank_.shape[0]} x {model.memory_bank_.shape[1]} "
-                 f"(from {model.n_patches_seen_} patches)")
+                 f"(from {model.n_patches_seen_} patches; features {model.extraction_seconds_:.1f} s, "
+                 f"sampling {model.sampling_seconds_:.1f} s)")
     else:
         state = f"{model.method} model"
     click.echo(f"fitted on {model.n_train_images_} images: {state}; saved to {out_dir}")

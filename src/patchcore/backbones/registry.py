@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -49,7 +49,6 @@ class BackboneSpec:
     torch_hub_url: str | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    aliases: tuple[str, ...] = field(default=())
 
 
 def _lite(variant: str, levels: tuple[str, str, str, str], feature_dim: int | Literal["raw"], file: str, note: str) -> BackboneSpec:

@@ -104,7 +104,9 @@ def load_directory(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarr
     if recorded != manifest_sha256(manifest):
         raise ModelFileError(f"{manifest_path}: checksum mismatch; the manifest is corrupt or was modified")
     arrays = {}
-    for name, entry in manifest.get("arrays", {}).items():
+    if not isinstance(manifest.get("arrays"), dict):
+        raise ModelFileError(f"{manifest_path}: lists no arrays")
+    for name, entry in manifest["arrays"].items():
         file = path / Path(entry["file"]).name
         if not file.is_file():
             raise ModelFileError(f"{file}: missing from the model directory")
