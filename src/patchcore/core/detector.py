@@ -242,6 +242,7 @@ class Detector(BaseEstimator, ABC):
                     amap = self.preprocessor_.to_original_size(maps[i], sizes[i])
                 yield Prediction.decided(float(scores[i]), amap, sources[i], threshold)
 
+    @torch.inference_mode()
     def _crop_maps(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """(B, h, w) patch scores -> (B, S, S) blurred maps on the crop."""
         size = (self.image_size, self.image_size)

@@ -128,6 +128,7 @@ class PatchCore(Detector):
         batches = self._batches(items, "features")
         return np.concatenate([self.extractor_(batch).float().cpu().numpy() for batch, _, _ in batches])
 
+    @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.extractor_(batch).float().cpu()
         n_images, height, width, dim = features.shape
