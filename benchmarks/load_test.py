@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model_dir, device="cpu")
-    expected = {str(p): prediction.score for p, prediction in zip(args.images, model.predict(args.images))}
+    expected = {str(p): model.predict([p])[0].score for p in args.images}  # one at a time, as the service scores
     plan = requests_plan(args.images, args.requests, args.seed)
 
     port = free_port()

@@ -69,11 +69,11 @@ def main() -> None:
                 image_scores(patches, distances[:, 0].reshape(n, -1), nearest[:, 0].reshape(n, -1), bank,
                              model.index_.search_tensor, model.num_neighbours, model.reweight)
 
-        grids = torch.cat([model._score_batch(batch)[1] for batch in batches])
+        grids = [grid for _, grid in model._score_pictures(pictures)]
 
         def maps() -> None:
-            for crop_map, picture in zip(model._crop_maps(grids).numpy(), pictures):
-                model.preprocessor_.to_original_size(crop_map, picture.size)
+            for grid, picture in zip(grids, pictures):
+                model._to_original(grid, picture.size)
 
         def end_to_end() -> None:
             for _ in model.iter_predict(pictures):

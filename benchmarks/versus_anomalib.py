@@ -33,7 +33,8 @@ from patchcore.backbones import get_backbone_spec, load_backbone, resolve_layers
 from patchcore.backbones.efficientnet_lite import SameConv2d
 from patchcore.data.categories import load_category
 from patchcore.evaluation.evaluate import machine_description
-from patchcore.io.images import Preprocessor, load_image
+from patchcore.core.preprocessing import Preprocessor
+from patchcore.io.images import load_image
 from patchcore.evaluation.metrics import image_auroc
 from patchcore.core.patchcore import PatchCore
 from timing import best_of_interleaved  # benchmarks/timing.py, beside this script
@@ -45,7 +46,12 @@ TIMED_IMAGES = 32
 def preprocessor(backbone: str) -> Preprocessor:
     """The paper's resize 256, centre-crop 224, with the backbone's normalisation (as `PatchCore` does)."""
     spec = get_backbone_spec(backbone)
-    return Preprocessor(256, 224, spec.mean, spec.std)
+    return Preprocessor((256, 256), spec.mean, spec.std, center_crop=224)
+
+
+def paper_crops(paths: list[Path]) -> list:
+    """The same 224 x 224 crops as pictures: our model inspects them whole at their native size."""
+    return [load_image(path).resize((256, 256)).crop((16, 16, 240, 240)) for path in paths]
 
 
 def tensors(paths: list[Path], preprocess: Preprocessor) -> torch.Tensor:
@@ -60,16 +66,19 @@ def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) ->
     feature_dim = "raw" if args.feature_dim == "raw" else (int(args.feature_dim) if args.feature_dim else None)
     model = PatchCore(backbone=args.backbone, coreset_ratio=args.coreset_ratio, holdout_fraction=0.0,
                       batch_size=16, feature_dim=feature_dim, seed=args.seed)
+    train_pictures, test_pictures = paper_crops(train), paper_crops(args.test_paths)
     started = time.perf_counter()
-    model.fit(train)
+    model.fit(train_pictures)
     fit_seconds = time.perf_counter() - started
 
     def predict(batches: list[torch.Tensor]) -> list[float]:
-        scores = []
+        """Our scoring of the pictures the batches were made from (normalising them is part of ours)."""
+        scores, start = [], 0
         for batch in batches:
-            batch_scores, grids = model._score_batch(batch.contiguous(memory_format=torch.channels_last))
-            model._crop_maps(grids)
-            scores.extend(batch_scores.tolist())
+            for score, grid in model._score_pictures(test_pictures[start : start + len(batch)]):
+                model._to_original(grid, (224, 224))
+                scores.append(score)
+            start += len(batch)
         return scores
 
     def backbone_alone(batches: list[torch.Tensor]) -> None:
@@ -184,7 +193,8 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     category = load_category(args.category.parent, args.category.name)
     train = list(category.train_images)
-    test = tensors([s.image for s in category.test_samples], preprocessor(args.backbone))
+    args.test_paths = [s.image for s in category.test_samples]
+    test = tensors(args.test_paths, preprocessor(args.backbone))
     labels = np.array([int(s.is_anomalous) for s in category.test_samples])
     result = RUNNERS[args.child](train, test, args)
     scores = result.pop("scores")

@@ -86,7 +86,7 @@ def test_every_declared_parameter_is_a_command_line_option() -> None:
     for index in INDEXES.values():
         for field in declared(index):
             assert "--index-" + field.name.replace("_", "-") in help_text
-    for flag in ("--blur-sigma", "--resize", "--projection-dim", "--covariance-epsilon", "--index-n-probe"):
+    for flag in ("--blur-sigma", "--center-crop", "--tile-size", "--roi-mask", "--bit-depth", "--projection-dim", "--covariance-epsilon", "--index-n-probe"):
         assert flag in help_text
 
 

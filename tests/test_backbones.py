@@ -6,7 +6,7 @@ from PIL import Image
 
 from patchcore.backbones import BACKBONES, get_backbone_spec, load_backbone
 from patchcore.errors import WeightsError
-from patchcore.io.images import Preprocessor
+from patchcore.core.preprocessing import Preprocessor
 from patchcore.data.offline import texture_photo  # noqa: F401  (scikit-image present)
 
 SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
@@ -18,7 +18,7 @@ def classify(backbone_name: str, filename: str) -> tuple[int, float]:
     backbone = load_backbone(backbone_name)
     spec = backbone.spec
     image = Image.open(SKIMAGE_DATA / filename).convert("RGB")
-    batch = Preprocessor(256, 224, spec.mean, spec.std)(image)[None]
+    batch = Preprocessor((256, 256), spec.mean, spec.std, center_crop=224)(image)[None]
     with torch.inference_mode():
         probabilities = backbone.module(batch).softmax(dim=1)[0]
     return int(probabilities.argmax()), float(probabilities.max())

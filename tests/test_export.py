@@ -36,19 +36,20 @@ def test_onnx_scores_and_maps_match_the_library_on_real_images(exact_model, expo
     path = exported
     images = [*good_test_crops[:3], defect_crop[0]]
     batch = torch.stack([exact_model.preprocessor_(load_image(image)) for image in images])
-    library_scores, grids = exact_model._score_batch(batch)
-    library_maps = exact_model._crop_maps(grids)
+    predictions = exact_model.predict(images)  # the crops are the training size: the graph's input, whole
+    library_scores = np.array([p.score for p in predictions])
+    library_maps = np.stack([p.anomaly_map for p in predictions])
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     scores, maps = session.run(None, {"images": batch.numpy()})
-    assert scores.shape == (4,) and maps.shape == (4, 224, 224)
+    assert scores.shape == (4,) and maps.shape == (4, 128, 128)
     np.testing.assert_allclose(scores, library_scores, atol=1e-4, rtol=0)
     np.testing.assert_allclose(maps, library_maps, atol=1e-4, rtol=0)
     assert scores[3] > scores[:3].max()  # the defect is still the highest
     one, _ = session.run(None, {"images": batch[3:].numpy()})  # another batch size, same graph
     np.testing.assert_allclose(one, scores[3:], atol=1e-5)
     metadata = session.get_modelmeta().custom_metadata_map
-    assert metadata["backbone"] == "efficientnet_lite0" and '"crop_size": 224' in metadata["preprocessing"]
+    assert metadata["backbone"] == "efficientnet_lite0" and '"input_width": 128' in metadata["preprocessing"]
 
 
 def test_export_leaves_the_fitted_model_as_it_was(exact_model, exported: Path) -> None:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from patchcore.errors import DatasetError, ImageLoadError
-from patchcore.io.images import Preprocessor, list_images, load_image
+from patchcore.io.images import list_images, load_image
 
 
 def test_modes_become_rgb(tmp_path: Path) -> None:
@@ -18,7 +18,21 @@ def test_modes_become_rgb(tmp_path: Path) -> None:
         image = load_image(tmp_path / name)
         assert image.mode == "RGB" and image.size == (16, 16), name
     deep = np.asarray(load_image(tmp_path / "deep.png"))
-    assert deep.max() == 255 and deep.min() == 0  # 16-bit scaled, not clipped
+    assert deep.max() == 254 and deep.min() == 0  # 65280 of 65535: scaled by the bit depth, not clipped
+
+
+def test_high_bit_depth_images_scale_by_their_depth_never_their_own_maximum(tmp_path: Path) -> None:
+    cell = np.full((16, 16), 2000, dtype=np.uint16)  # a 12-bit camera's mid-grey, stored in 16 bits
+    saturated = cell.copy()
+    saturated[0, 0] = 4095  # one saturated pixel
+    Image.fromarray(cell).save(tmp_path / "cell.png")
+    Image.fromarray(saturated).save(tmp_path / "saturated.png")
+    for depth, grey in ((None, round(2000 * 255 / 65535)), (12, round(2000 * 255 / 4095))):
+        plain = np.asarray(load_image(tmp_path / "cell.png", bit_depth=depth))[..., 0]
+        bright = np.asarray(load_image(tmp_path / "saturated.png", bit_depth=depth))[..., 0]
+        assert (plain == grey).all() and (bright[1:] == grey).all()  # the rest of the image is unchanged
+    with pytest.raises(ImageLoadError, match="saturated.png: pixel value 4095 exceeds the 10-bit range"):
+        load_image(tmp_path / "saturated.png", bit_depth=10)
 
 
 def test_arrays_of_each_layout() -> None:
@@ -49,12 +63,3 @@ def test_truncated_png_error_names_the_path(tmp_path: Path) -> None:
 def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no image files"):
         list_images(tmp_path)
-
-
-def test_map_back_to_original_size_keeps_the_crop_region_aligned() -> None:
-    pre = Preprocessor(256, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    crop_map = np.zeros((224, 224), dtype=np.float32)
-    crop_map[:, 112:] = 1.0  # right half of the crop
-    original = pre.to_original_size(crop_map, (512, 256))  # (W, H)
-    assert original.shape == (256, 512)
-    assert original[:, :240].max() < 0.05 and original[:, 272:].min() > 0.95

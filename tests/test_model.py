@@ -21,7 +21,7 @@ def test_pasted_defect_scores_higher_and_is_located(fitted_model, good_test_crop
 def test_fitted_state(fitted_model, train_crops) -> None:
     n_holdout = int(np.ceil(0.1 * len(train_crops)))
     assert fitted_model.n_train_images_ == len(train_crops) - n_holdout
-    assert fitted_model.feature_grid_ == (28, 28)
+    assert fitted_model.training_size_ == (128, 128) and fitted_model.preprocessor_.image_size == 128  # native
     assert fitted_model.memory_bank_.shape == (int(np.ceil(0.1 * fitted_model.n_patches_seen_)), 152)
     assert fitted_model.nominal_scores_.shape == (n_holdout,)
 
@@ -102,9 +102,9 @@ def test_bad_hyper_parameters_are_refused_at_fit(params: dict, message: str) -> 
 
 def test_random_and_full_banks(train_crops) -> None:
     full = PatchCore(sampler="none", holdout_fraction=0.0).fit(train_crops[:4])
-    assert full.memory_bank_.shape[0] == 4 * 28 * 28
+    assert full.memory_bank_.shape[0] == 4 * 16 * 16  # 128 px crops inspected whole: 16 x 16 patches at stride 8
     sampled = PatchCore(sampler="random", coreset_ratio=0.25, holdout_fraction=0.0).fit(train_crops[:4])
-    assert sampled.memory_bank_.shape[0] == 4 * 28 * 28 // 4
+    assert sampled.memory_bank_.shape[0] == 4 * 16 * 16 // 4
 
 
 def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_crops, tmp_path: Path) -> None:
@@ -112,14 +112,14 @@ def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_
     assert model.memory_bank_.shape[1] == 40 + 112  # Lite0's two taps, not pooled to 76 + 76
     loaded = PatchCore.load(model.save(tmp_path / "raw"))
     assert loaded.feature_dim == "raw"
-    grid = loaded.patch_features(train_crops[0])[0]
+    grid = loaded.patch_features(train_crops[0])
     pooled = PatchCore(feature_dim=152, coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4])
-    pooled_grid = pooled.patch_features(train_crops[0])[0]
-    assert grid.shape == pooled_grid.shape == (28, 28, 152) and not np.allclose(grid, pooled_grid)
+    pooled_grid = pooled.patch_features(train_crops[0])
+    assert grid.shape == pooled_grid.shape == (16 * 16, 152) and not np.allclose(grid, pooled_grid)
     # Lite0's default merge is raw, and a saved default model says so (an old manifest's int still pools).
     default = PatchCore.load(PatchCore(coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4]).save(tmp_path / "d"))
     assert default.feature_dim == "raw"
-    np.testing.assert_array_equal(default.patch_features(train_crops[0])[0], grid)
+    np.testing.assert_array_equal(default.patch_features(train_crops[0]), grid)
     assert PatchCore.load(pooled.save(tmp_path / "pooled")).feature_dim == 152
     with pytest.raises(ValueError, match="feature_dim must be a positive integer, 'raw' or None"):
         PatchCore(feature_dim="wide").fit(train_crops[:4])

@@ -34,8 +34,9 @@ class ScoringGraph(nn.Module):
         self.search = BankSearch(model.memory_bank_)
         self.reweight = model.reweight
         self.num_neighbours = model.num_neighbours
-        size = (model.image_size, model.image_size)
-        for name, operator in zip(("map_rows", "map_columns"), map_operators(model.feature_grid_, size, model.blur_sigma)):
+        width, height = network_size(model)
+        grid = model.preprocessor_.grid_size((width, height))
+        for name, operator in zip(("map_rows", "map_columns"), map_operators(grid, (height, width), model.blur_sigma)):
             self.register_buffer(name, operator.clone())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,12 +52,25 @@ class ScoringGraph(nn.Module):
         return scores, maps
 
 
+def network_size(model: PatchCore) -> tuple[int, int]:
+    """(width, height) of the graph's input: the network input of the model's training image size."""
+    return model.preprocessor_.network_size(model.training_size_)
+
+
 def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT_MAX_BANK_ROWS) -> Path:
-    """Write `model` as one ONNX graph: input `images` (batch, 3, S, S) preprocessed as the manifest
-    says; outputs `scores` (batch,) and `anomaly_maps` (batch, S, S) on the S x S crop."""
+    """Write `model` as one ONNX graph for images of its training size: input `images` (batch, 3, H, W),
+    the network input preprocessed as the metadata says; outputs `scores` (batch,) and
+    `anomaly_maps` (batch, H, W) on that input."""
     if not isinstance(model, PatchCore):
         raise ValueError(f"only PatchCore models export to ONNX, not {type(model).__name__}")
     model._check_fitted()
+    width, height = network_size(model)
+    if len(model.preprocessor_.tiles((width, height))) > 1:
+        raise ValueError(f"images of the training size give a {width}x{height} network input, larger than one "
+                         f"{model.tile_size} px tile; the graph holds one tile: refit with a larger --tile-size, "
+                         "a smaller --image-size, or use the library")
+    if model.roi_mask_ is not None:
+        raise ValueError("models with a region-of-interest mask are not exported yet; use the library")
     rows = model.memory_bank_.shape[0]
     if rows > max_bank_rows:
         raise ValueError(
@@ -65,7 +79,7 @@ def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT
             f"raise --max-bank-rows"
         )
     graph = ScoringGraph(model).eval()
-    example = torch.zeros(2, 3, model.image_size, model.image_size)
+    example = torch.zeros(2, 3, height, width)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -91,9 +105,14 @@ def _add_metadata(path: str, model: PatchCore) -> None:
     import onnx
 
     proto = onnx.load(path)
-    preprocessing = {"resize": model.preprocessor_.resize, "crop_size": model.preprocessor_.crop_size,
-                     "mean": list(model.preprocessor_.mean), "std": list(model.preprocessor_.std),
-                     "order": "RGB, resize (bilinear) to resize x resize, centre crop, /255, (x - mean) / std"}
+    preprocessor = model.preprocessor_
+    width, height = network_size(model)
+    preprocessing = {"input_width": width, "input_height": height,
+                     "working_size": list(preprocessor.working_size(model.training_size_)),
+                     "center_crop": preprocessor.center_crop, "training_image_size": list(model.training_size_),
+                     "mean": list(preprocessor.mean), "std": list(preprocessor.std),
+                     "order": "RGB, resize (bilinear) to working_size (width, height), centre crop when center_crop "
+                              "is set, /255, (x - mean) / std; maps come back on that input"}
     threshold = model.decision_threshold()
     entries = {
         "preprocessing": json.dumps(preprocessing),
@@ -111,11 +130,12 @@ def _add_metadata(path: str, model: PatchCore) -> None:
 
 def check_against_pytorch(model: PatchCore, path: str | Path, n_images: int = 2, seed: int = 0) -> tuple[float, float]:
     """Largest absolute differences (scores, maps) between onnxruntime on the exported file and the
-    PyTorch graph it was exported from, on seeded random inputs of the model's crop size."""
+    PyTorch graph it was exported from, on seeded random inputs of the graph's input size."""
     import onnxruntime
 
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(n_images, 3, model.image_size, model.image_size, generator=generator)
+    width, height = network_size(model)
+    images = torch.randn(n_images, 3, height, width, generator=generator)
     with torch.no_grad():
         scores, maps = ScoringGraph(model).eval()(images)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from patchcore.backbones import BackboneSpec, LoadedBackbone
 from patchcore.core.detector import Detector
@@ -55,8 +56,11 @@ class Padim(Detector):
     def _fit_items(self, items: list[ImageInput]) -> None:
         # Streaming sums: the covariance never needs every training feature in memory at once.
         count, total, outer = 0, None, None
-        for batch, _, _ in self._batches(items, "features"):
+        for batch in self._training_batches(items):
             features = self._features(batch)
+            if total is not None and features.shape[1:] != total.shape:
+                raise ValueError("PaDiM fits a Gaussian per grid position: give every training image the same "
+                                 "working size with --image-size WIDTHxHEIGHT")
             if total is None:
                 self.feature_grid_ = tuple(self.extractor_(batch[:1]).shape[1:3])
                 total = torch.zeros(features.shape[1:], dtype=torch.float64)
@@ -71,12 +75,19 @@ class Padim(Detector):
         self.means_ = mean.float().numpy()
         self.inverse_covariances_ = np.ascontiguousarray(torch.linalg.inv(covariance).float().numpy())
 
+    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+        return self._score_whole(pictures, self._score_batch)
+
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        centred = self._features(batch).float() - torch.from_numpy(self.means_)
+        features = self._features(batch).float()
+        if features.shape[1] != self.means_.shape[0]:
+            raise ValueError(f"PaDiM models a grid of {self.feature_grid_[0]} x {self.feature_grid_[1]} positions, this "
+                             f"image gives another: fit and predict at one size with --image-size WIDTHxHEIGHT")
+        centred = features - torch.from_numpy(self.means_)
         inverse = torch.from_numpy(self.inverse_covariances_)
         squared = torch.einsum("bpc,pcd,bpd->bp", centred, inverse, centred).clamp_min(0)
         patch_scores = squared.sqrt().reshape(len(centred), *self.feature_grid_)
-        return self._crop_maps(patch_scores).amax(dim=(1, 2)), patch_scores
+        return self._network_maps(patch_scores, tuple(batch.shape[-2:])).amax(dim=(1, 2)), patch_scores
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         state = {"feature_grid": list(self.feature_grid_)}

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from patchcore.backbones import LoadedBackbone
 from patchcore.core.detector import Detector
@@ -42,12 +43,18 @@ class Spade(Detector):
 
     def _fit_items(self, items: list[ImageInput]) -> None:
         patch_grids, global_features = [], []
-        for batch, _, _ in self._batches(items, "features"):
+        for batch in self._training_batches(items):
             patches, pooled = self.extractor_.forward_with_global(batch)
             patch_grids.append(patches.float().cpu().numpy())
             global_features.append(pooled.float().cpu().numpy())
+        if len({grid.shape[1:] for grid in patch_grids}) > 1:
+            raise ValueError("SPADE compares feature maps position by position: give every training image the same "
+                             "working size with --image-size WIDTHxHEIGHT")
         self.train_patch_features_ = np.concatenate(patch_grids)
         self.train_global_features_ = np.concatenate(global_features)
+
+    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+        return self._score_whole(pictures, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches, pooled = self.extractor_.forward_with_global(batch)

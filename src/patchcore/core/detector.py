@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
@@ -18,11 +20,12 @@ from patchcore import __version__
 from patchcore.backbones import (DEFAULT_BACKBONE, BackboneSpec, LoadedBackbone, get_backbone_spec, load_backbone,
                                  resolve_layers)
 from patchcore.core.features import FeatureExtractor
+from patchcore.core.preprocessing import Preprocessor, Tile, choose_working_side, parse_image_size
 from patchcore.core.scoring import anomaly_maps, map_operators
 from patchcore.core.thresholds import (DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate,
                                        validate_false_alarm_rate)
 from patchcore.errors import ModelFileError, NotFittedError
-from patchcore.io.images import ImageInput, Preprocessor, collect_images, load_image
+from patchcore.io.images import ImageInput, collect_images, load_image, read_image_size
 from patchcore.io.persistence import load_directory, save_directory
 from patchcore.params import comma_list, param
 
@@ -67,6 +70,12 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+# `batch_size` counts network inputs of this many pixels: larger inputs go in proportionally smaller batches.
+BATCH_PIXELS = 256 * 256
+# Decoded pictures held at once while predicting, in pixels: bounds memory on camera-sized images.
+CHUNK_PIXELS = 48_000_000
+
+
 @dataclass(kw_only=True, eq=False, repr=False)
 class Detector(BaseEstimator, ABC):
     """Base of PatchCore and the baselines: `fit` on good images, then `predict` / `score_samples`.
@@ -90,14 +99,22 @@ class Detector(BaseEstimator, ABC):
     weights: str | Path | None = param(
         None, "Backbone weights: a state-dict file (.pth, .safetensors), 'torch-hub', or 'random' (tests only); "
               "default: the packaged ones.", parse=str)
-    image_size: int = param(224, "Centre-crop size in pixels.")
-    resize: int | None = param(None, "Square size images are resized to before the crop (default: image_size x 256 / 224).")
-    blur_sigma: float = param(4.0, "Gaussian blur of the anomaly map, in pixels of the crop.")
+    image_size: int | tuple[int, int] | None = param(
+        None, "Working resolution: the longer side in pixels (aspect kept) or WIDTHxHEIGHT. Default: chosen from "
+              "the training images, their native size up to 2048 px on the longer side.", parse=parse_image_size)
+    center_crop: int | None = param(
+        None, "Inspect only the central square of this many working pixels. The paper's MVTec protocol is "
+              "--image-size 256x256 --center-crop 224; by default the whole image is inspected.")
+    bit_depth: int | None = param(
+        None, "Bit depth of high-bit-depth images (e.g. 12 for 12-bit data in 16-bit files): every image is "
+              "scaled by it, never by its own maximum. Default 16.")
+    blur_sigma: float = param(4.0, "Gaussian blur of the anomaly map, in working pixels.")
     holdout_fraction: float = param(
         0.1, "Share of good images held out to measure nominal scores (the threshold's basis).")
     false_alarm_rate: float = param(
         DEFAULT_FALSE_ALARM_RATE, "Share of held-out good images the good/defect threshold may flag.")
-    batch_size: int = param(8, "Images per forward pass.")
+    batch_size: int = param(8, "Network inputs per forward pass, counted in 256 x 256 images (a 1024 x 1024 tile "
+                                  "counts 16): memory stays bounded whatever the image size.")
     seed: int = param(0, "Seed of every random choice: hold-out split, projection, sampling.")
     device: str | None = param(None, "cpu or cuda (default: cuda when available).")
     progress: bool = param(False, "Show progress bars.", cli=False)
@@ -112,8 +129,12 @@ class Detector(BaseEstimator, ABC):
         """Build the fitted state from the training images."""
 
     @abstractmethod
-    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed batch -> (image scores (B,), patch-score grids (B, h, w))."""
+    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+        """(image score, patch-score grid over the network input) of each picture."""
+
+    def _tile_size(self) -> int | None:
+        """Largest window the network sees at once; None (the baselines): always the whole image."""
+        return None
 
     @abstractmethod
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -137,16 +158,21 @@ class Detector(BaseEstimator, ABC):
     @classmethod
     def _params_from_manifest(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Inverse of how `save` wrote parameters that JSON cannot hold as they are."""
+        if isinstance(params.get("image_size"), list):
+            params["image_size"] = tuple(params["image_size"])
         return params
 
     # -- parameters -------------------------------------------------------------------------
 
     def _check_params(self) -> None:
         get_backbone_spec(self.backbone)
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32, got {self.image_size}")
-        if self.resize is not None and self.resize < self.image_size:
-            raise ValueError(f"resize ({self.resize}) must be at least image_size ({self.image_size})")
+        sizes = self.image_size if isinstance(self.image_size, tuple) else (self.image_size or 32,)
+        if min(sizes) < 32:
+            raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if self.center_crop is not None and self.center_crop < 32:
+            raise ValueError(f"center_crop must be at least 32 pixels, got {self.center_crop}")
+        if self.bit_depth is not None and not 8 <= self.bit_depth <= 32:
+            raise ValueError(f"bit_depth must be between 8 and 32, got {self.bit_depth}")
         if self.blur_sigma < 0:
             raise ValueError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
         if not 0.0 <= self.holdout_fraction < 1.0:
@@ -156,7 +182,7 @@ class Detector(BaseEstimator, ABC):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self._validate_method_params()
 
-    def _build_pipeline(self, backbone: LoadedBackbone) -> None:
+    def _build_pipeline(self, backbone: LoadedBackbone, working_size: int | tuple[int, int]) -> None:
         spec = backbone.spec
         self.device_ = resolve_device(self.device)
         self.backbone_ = backbone
@@ -164,9 +190,8 @@ class Detector(BaseEstimator, ABC):
         # Channels-last (NHWC) convolutions measured 1.7x faster for Lite0 on this CPU at batch 16.
         self.extractor_ = self._make_extractor(backbone, layers).to(self.device_, memory_format=torch.channels_last)
         self.layers_ = self.extractor_.layers
-        # Paper default: resize 256, crop 224; other sizes keep the same 256/224 ratio.
-        resize = self.resize or round(self.image_size * 256 / 224)
-        self.preprocessor_ = Preprocessor(resize, self.image_size, spec.mean, spec.std)
+        self.preprocessor_ = Preprocessor(working_size, spec.mean, spec.std, self.center_crop, self._tile_size(),
+                                          self.extractor_.grid_stride)
 
     # -- fitting ----------------------------------------------------------------------------
 
@@ -175,7 +200,10 @@ class Detector(BaseEstimator, ABC):
         self._check_params()
         items = collect_images(images, training=True)
         train_items, holdout_items = self._split_holdout(items)
-        self._build_pipeline(load_backbone(self.backbone, self.weights))
+        sizes = [read_image_size(item) for item in train_items]
+        # The most common training size: what the exported graph takes, and what the manifest reports.
+        self.training_size_ = max(set(sizes), key=sizes.count)
+        self._build_pipeline(load_backbone(self.backbone, self.weights), self.image_size or choose_working_side(sizes))
         self._fit_items(train_items)
         self.n_train_images_ = len(train_items)
         self._fit_nominal_statistics(holdout_items)
@@ -195,23 +223,69 @@ class Detector(BaseEstimator, ABC):
         self.nominal_map_range_ = None
         if not holdout_items:
             return
-        predictions = self.predict(holdout_items)
-        self.nominal_scores_ = np.array([p.score for p in predictions])
-        pixels = np.concatenate([p.anomaly_map.ravel() for p in predictions])
-        self.nominal_map_range_ = (float(np.median(pixels)), float(pixels.max()))
+        scores, medians, peaks = [], [], []
+        for prediction in self.iter_predict(holdout_items):
+            scores.append(prediction.score)
+            medians.append(float(np.nanmedian(prediction.anomaly_map)))
+            peaks.append(float(np.nanmax(prediction.anomaly_map)))
+        self.nominal_scores_ = np.array(scores)
+        self.nominal_map_range_ = (float(np.median(medians)), float(max(peaks)))
 
-    def _batches(
-        self, items: list[ImageInput], desc: str
-    ) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]], list[str | None]]]:
-        """Yield (preprocessed batch on the device, original (W, H) sizes, sources) per batch."""
-        batches = range(0, len(items), self.batch_size)
-        for start in tqdm(batches, desc=desc, disable=not self.progress, unit="batch", leave=False):
-            chunk = items[start : start + self.batch_size]
-            pictures = [load_image(item) for item in chunk]
-            batch = torch.stack([self.preprocessor_(picture) for picture in pictures])
-            batch = batch.to(self.device_, memory_format=torch.channels_last)
-            sources = [str(item) if isinstance(item, (str, Path)) else None for item in chunk]
-            yield batch, [picture.size for picture in pictures], sources
+    def _picture_chunks(self, items: list[ImageInput], desc: str) -> Iterator[tuple[list[ImageInput], list[Image.Image]]]:
+        """Items decoded a chunk at a time (`batch_size` images, fewer when they are large), with one
+        progress bar over all of them."""
+        chunk: list[ImageInput] = []
+        pictures: list[Image.Image] = []
+        pixels = 0
+        with tqdm(total=len(items), desc=desc, unit="image", disable=not self.progress, leave=False) as bar:
+            for item in items:
+                picture = load_image(item, self.bit_depth)
+                chunk.append(item)
+                pictures.append(picture)
+                pixels += picture.width * picture.height
+                if len(chunk) >= self.batch_size or pixels >= CHUNK_PIXELS:
+                    yield chunk, pictures
+                    bar.update(len(chunk))
+                    chunk, pictures, pixels = [], [], 0
+            if chunk:
+                yield chunk, pictures
+                bar.update(len(chunk))
+
+    def _network_batches(self, pictures: list[Image.Image]) -> Iterator[tuple[list[tuple[int, Tile]], torch.Tensor]]:
+        """The tiles of `pictures` (one per picture when it fits), equal sizes batched together on the device:
+        ((picture index, tile) of each batch entry, normalised batch)."""
+        preprocessor = self.preprocessor_
+        pixels = [preprocessor.network_pixels(picture) for picture in pictures]
+        jobs = [(i, tile) for i, array in enumerate(pixels) for tile in preprocessor.tiles((array.shape[1], array.shape[0]))]
+        jobs.sort(key=lambda job: (job[1].height, job[1].width))  # stable: equal sizes, in picture order
+        for (height, width), group in itertools.groupby(jobs, key=lambda job: (job[1].height, job[1].width)):
+            group = list(group)
+            per_batch = max(1, self.batch_size * BATCH_PIXELS // (height * width))
+            for start in range(0, len(group), per_batch):
+                entries = group[start : start + per_batch]
+                batch = torch.stack([preprocessor.normalise(pixels[i][t.y : t.y + t.height, t.x : t.x + t.width])
+                                     for i, t in entries])
+                yield entries, batch.to(self.device_, memory_format=torch.channels_last)
+
+    def _training_batches(self, items: list[ImageInput]) -> Iterator[torch.Tensor]:
+        """Every network batch of the training images, for methods that need no tile bookkeeping."""
+        for _, pictures in self._picture_chunks(items, "features"):
+            for _, batch in self._network_batches(pictures):
+                yield batch
+
+    def _score_whole(self, pictures: list[Image.Image], score_batch) -> list[tuple[float, torch.Tensor]]:
+        """`_score_pictures` for methods that score whole network inputs a batch at a time with
+        `score_batch(batch) -> (image scores (B,), patch-score grids (B, h, w))`."""
+        results: list[tuple[float, torch.Tensor]] = [None] * len(pictures)  # type: ignore[list-item]
+        for entries, batch in self._network_batches(pictures):
+            scores, grids = score_batch(batch)
+            for (i, _), score, grid in zip(entries, scores.tolist(), grids.cpu()):
+                results[i] = (score, grid)
+        return results
+
+    def _to_original(self, grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """A picture's patch-score grid as its anomaly map, at its own size."""
+        return self.preprocessor_.to_original(grid, size, self.blur_sigma)
 
     # -- inference --------------------------------------------------------------------------
 
@@ -232,21 +306,16 @@ class Detector(BaseEstimator, ABC):
         self._check_fitted()
         items = collect_images(images)
         threshold = self.decision_threshold()
-        for batch, sizes, sources in self._batches(items, desc="predict"):
-            scores, patch_scores = self._score_batch(batch)
-            scores = scores.double().cpu().numpy()
-            maps = self._crop_maps(patch_scores).cpu().numpy() if with_maps else None
-            for i in range(len(scores)):
-                amap = np.empty((0, 0), dtype=np.float32)
-                if maps is not None:
-                    amap = self.preprocessor_.to_original_size(maps[i], sizes[i])
-                yield Prediction.decided(float(scores[i]), amap, sources[i], threshold)
+        for chunk, pictures in self._picture_chunks(items, "predict"):
+            for item, picture, (score, grid) in zip(chunk, pictures, self._score_pictures(pictures)):
+                amap = self._to_original(grid, picture.size) if with_maps else np.empty((0, 0), dtype=np.float32)
+                source = str(item) if isinstance(item, (str, Path)) else None
+                yield Prediction.decided(float(score), amap, source, threshold)
 
     @torch.inference_mode()
-    def _crop_maps(self, patch_scores: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) patch scores -> (B, S, S) blurred maps on the crop."""
-        size = (self.image_size, self.image_size)
-        return anomaly_maps(patch_scores, *map_operators(tuple(patch_scores.shape[1:]), size, self.blur_sigma))
+    def _network_maps(self, patch_scores: torch.Tensor, network_size: tuple[int, int]) -> torch.Tensor:
+        """(B, h, w) patch scores -> (B, H, W) blurred maps on the network input of (H, W) `network_size`."""
+        return anomaly_maps(patch_scores, *map_operators(tuple(patch_scores.shape[1:]), network_size, self.blur_sigma))
 
     def decision_threshold(self) -> Threshold | None:
         """The threshold that flags `false_alarm_rate` of the held-out good images; None without them.
@@ -277,7 +346,8 @@ class Detector(BaseEstimator, ABC):
     def _manifest(self, state: dict[str, Any]) -> dict[str, Any]:
         """What the model is, as manifest.json records it: parameters, backbone, preprocessing, nominal statistics."""
         params = self.get_params(deep=False)
-        params.update(layers=list(self.layers_), device=None, progress=False, **self._resolved_params())
+        params.update(layers=list(self.layers_), device=None, progress=False, image_size=self.preprocessor_.image_size,
+                      **self._resolved_params())
         params["weights"] = None if self.weights is None else str(self.weights)
         return {
             "method": self.method,
@@ -290,12 +360,15 @@ class Detector(BaseEstimator, ABC):
                 "weights_sha256": self.backbone_.weights_sha256,
             },
             "preprocessing": {
-                "resize": self.preprocessor_.resize,
-                "crop_size": self.preprocessor_.crop_size,
+                "image_size": self.preprocessor_.image_size,
+                "center_crop": self.preprocessor_.center_crop,
+                "tile_size": self.preprocessor_.tile_size,
+                "grid_stride": self.preprocessor_.stride,
                 "mean": list(self.preprocessor_.mean),
                 "std": list(self.preprocessor_.std),
             },
             "n_train_images": self.n_train_images_,
+            "training_size": list(self.training_size_),
             "nominal_map_range": self.nominal_map_range_,
             **state,
         }
@@ -337,9 +410,10 @@ class Detector(BaseEstimator, ABC):
                 f"{path}: backbone weights {backbone.weights_source} differ from those the model was "
                 f"fitted with (sha256 {expected_digest}); pass the original file with --weights"
             )
-        model._build_pipeline(backbone)
+        model._build_pipeline(backbone, model.image_size)
         try:
             model.n_train_images_ = manifest["n_train_images"]
+            model.training_size_ = tuple(manifest["training_size"])
             model.nominal_scores_ = arrays["nominal_scores"]
             map_range = manifest["nominal_map_range"]
             model.nominal_map_range_ = tuple(map_range) if map_range else None

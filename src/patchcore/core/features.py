@@ -67,7 +67,9 @@ class FeatureExtractor(nn.Module):
         self.global_layer = global_layer
         self.patch_size = patch_size
         self.stride = stride
-        channels = self._tap_channels()
+        channels, finest_stride = self._probe()
+        # Pixels per patch-grid cell: the finest tap's stride times the patch stride (Eq. 3).
+        self.grid_stride = finest_stride * stride
         total = sum(channels)
         raw = feature_dim is None
         feature_dim = total if raw else feature_dim
@@ -85,9 +87,10 @@ class FeatureExtractor(nn.Module):
             self.register_buffer(f"pooling_{index}", pooling)
 
     @torch.inference_mode()
-    def _tap_channels(self) -> list[int]:
+    def _probe(self) -> tuple[list[int], int]:
+        """The tapped layers' channels, and the finest tap's stride in pixels."""
         taps = self._taps(torch.zeros(1, 3, 64, 64))
-        return [taps[layer].shape[1] for layer in self.layers]
+        return [taps[layer].shape[1] for layer in self.layers], 64 // max(taps[layer].shape[-1] for layer in self.layers)
 
     def _taps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         taps = {}

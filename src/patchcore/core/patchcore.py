@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.base import clone
 
 from patchcore.backbones import LoadedBackbone
@@ -16,7 +18,7 @@ from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
 from patchcore.core.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
 from patchcore.core.scoring import image_scores
-from patchcore.io.images import ImageInput, collect_images
+from patchcore.io.images import ImageInput, collect_images, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
 from patchcore.search import INDEX_KINDS, NearestNeighbourIndex, describe_index, make_index
 
@@ -52,6 +54,12 @@ class PatchCore(Detector):
         parse=str)
     reweight: bool = param(True, "Eq. 7 score reweighting.")
     num_neighbours: int = param(9, "b of Eq. 7 (1: no reweighting).")
+    tile_size: int | None = param(
+        1024, "Largest square of working pixels the network sees at once: larger images are cut into overlapping "
+              "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.")
+    roi_mask: str | Path | np.ndarray | None = param(
+        None, "Region of interest: a mask image, white where to look, stretched to each image's size; patches "
+              "outside it neither enter the memory bank nor score, and their map is NaN.", parse=str)
 
     def _validate_method_params(self) -> None:
         if self.sampler not in (*SAMPLERS, NO_SAMPLING):
@@ -65,6 +73,11 @@ class PatchCore(Detector):
             raise ValueError(f"feature_dim must be a positive integer, 'raw' or None, got {self.feature_dim!r}")
         if self.num_neighbours < 1:
             raise ValueError(f"num_neighbours must be >= 1, got {self.num_neighbours}")
+        if self.tile_size is not None and self.tile_size < 64:
+            raise ValueError(f"tile_size must be at least 64 pixels, got {self.tile_size}")
+
+    def _tile_size(self) -> int | None:
+        return self.tile_size
 
     def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor:
         # "raw": every tapped channel concatenated (anomalib's merge); an int: levels pooled to equal
@@ -80,15 +93,19 @@ class PatchCore(Detector):
 
     def _fit_items(self, items: list[ImageInput]) -> None:
         started = time.perf_counter()
-        patches = None
-        for index, (batch, _, _) in enumerate(self._batches(items, "features")):
-            grid = self.extractor_(batch).float().cpu().numpy()
-            if patches is None:
-                # One array filled batch by batch: the bank is never held twice (list + concatenation).
-                self.feature_grid_, self.feature_dim_ = tuple(grid.shape[1:3]), grid.shape[-1]
-                patches = np.empty((len(items), *grid.shape[1:]), dtype=np.float32)
-            patches[index * self.batch_size : index * self.batch_size + len(grid)] = grid
-        patches = patches.reshape(-1, self.feature_dim_)
+        self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
+        self.feature_dim_ = self.extractor_.feature_dim
+        # One array filled tile by tile, its size known from the image headers: the bank is never held twice.
+        total = sum(self._n_patches(read_image_size(item)) for item in items)
+        patches = np.empty((total, self.feature_dim_), dtype=np.float32)
+        filled = 0
+        for rows in self._patch_rows(items):
+            patches[filled : filled + len(rows)] = rows
+            filled += len(rows)
+        if filled != total:
+            raise ValueError(f"{filled} patches extracted where the image sizes promised {total}")
+        if total == 0:
+            raise ValueError("the region-of-interest mask leaves no patch to learn from")
         self.extraction_seconds_ = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -96,6 +113,41 @@ class PatchCore(Detector):
         self.sampling_seconds_ = time.perf_counter() - started
         self.n_patches_seen_ = len(patches)
         self._set_bank(bank)
+
+    def _region(self, size: tuple[int, int]) -> np.ndarray | None:
+        """The patch grid's region of interest for an image of `size` (None: every patch)."""
+        if self.roi_mask_ is None:
+            return None
+        cache = self.__dict__.setdefault("_regions", {})
+        if size not in cache:
+            cache[size] = self.preprocessor_.region_grid(self.roi_mask_, size)
+        return cache[size]
+
+    def _n_patches(self, size: tuple[int, int]) -> int:
+        region = self._region(size)
+        if region is not None:
+            return int(region.sum())
+        rows, columns = self.preprocessor_.grid_size(self.preprocessor_.network_size(size))
+        return rows * columns
+
+    def _inside(self, size: tuple[int, int], place: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor | None:
+        """Which patches of a tile's core lie in the region of interest (None: all)."""
+        region = self._region(size)
+        if region is None:
+            return None
+        return torch.from_numpy(region[place[0] : place[0] + shape[0], place[1] : place[1] + shape[1]].copy())
+
+    @torch.inference_mode()
+    def _patch_rows(self, items: list[ImageInput]) -> Iterator[np.ndarray]:
+        """The patch features (n, D) of every tile core of every image, inside the region of interest."""
+        for _, pictures in self._picture_chunks(items, "features"):
+            for entries, batch in self._network_batches(pictures):
+                features = self.extractor_(batch).float().cpu()
+                for (i, tile), grid in zip(entries, features):
+                    top, bottom, left, right = tile.core
+                    core = grid[top:bottom, left:right]
+                    inside = self._inside(pictures[i].size, tile.place, core.shape[:2])
+                    yield (core.reshape(-1, core.shape[-1]) if inside is None else core[inside]).numpy()
 
     def _set_bank(self, bank: np.ndarray, index_state: np.ndarray | None = None) -> None:
         """The bank and its search index: fitted, or restored from a saved state without training again."""
@@ -122,36 +174,72 @@ class PatchCore(Detector):
     # -- inference --------------------------------------------------------------------------
 
     def patch_features(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Locally aware patch features of images, (n_images, h, w, feature_dim): what the bank holds."""
+        """Locally aware patch features of images, (n_patches, feature_dim): what the bank is built from."""
         self._check_fitted()
-        items = collect_images(images)
-        batches = self._batches(items, "features")
-        return np.concatenate([self.extractor_(batch).float().cpu().numpy() for batch, _, _ in batches])
+        return np.concatenate(list(self._patch_rows(collect_images(images))))
 
     @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
-    def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.extractor_(batch).float().cpu()
-        n_images, height, width, dim = features.shape
-        patches = features.reshape(n_images, height * width, dim)
-        distances, nearest = self.index_.search_tensor(patches.reshape(-1, dim), k=1)
-        patch_scores = distances[:, 0].reshape(n_images, height * width)
-        scores = image_scores(patches, patch_scores, nearest[:, 0].reshape(n_images, height * width),
+    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+        """Patch distances tile by tile into each picture's grid (memory bounded by a batch of tiles), the
+        worst patch of each picture kept; then Eq. 7 on that patch."""
+        preprocessor = self.preprocessor_
+        sizes = [picture.size for picture in pictures]
+        grids = [torch.zeros(preprocessor.grid_size(preprocessor.network_size(size))) for size in sizes]
+        worst: list[tuple[float, torch.Tensor | None, int]] = [(-np.inf, None, -1)] * len(pictures)
+        for entries, batch in self._network_batches(pictures):
+            features = self.extractor_(batch).float().cpu()
+            cores = [grid[t.core[0] : t.core[1], t.core[2] : t.core[3]] for (_, t), grid in zip(entries, features)]
+            dim = features.shape[-1]
+            distances, nearest = self.index_.search_tensor(torch.cat([c.reshape(-1, dim) for c in cores]), k=1)
+            offset = 0
+            for (i, tile), core in zip(entries, cores):
+                rows, columns = core.shape[:2]
+                patch_scores = distances[offset : offset + rows * columns, 0]
+                found = nearest[offset : offset + rows * columns, 0]
+                offset += rows * columns
+                inside = self._inside(sizes[i], tile.place, (rows, columns))
+                if inside is not None:  # outside the region: not inspected, 0 on the grid, never the worst
+                    patch_scores = torch.where(inside.reshape(-1), patch_scores, torch.zeros_like(patch_scores))
+                    candidates = torch.where(inside.reshape(-1), patch_scores, torch.full_like(patch_scores, -np.inf))
+                else:
+                    candidates = patch_scores
+                top, left = tile.place
+                grids[i][top : top + rows, left : left + columns] = patch_scores.reshape(rows, columns)
+                best = int(candidates.argmax())
+                if float(candidates[best]) > worst[i][0]:
+                    worst[i] = (float(candidates[best]), core.reshape(-1, dim)[best], int(found[best]))
+        if any(feature is None for _, feature, _ in worst):
+            raise ValueError("the region-of-interest mask leaves no patch of this image to inspect")
+        scores = image_scores(torch.stack([f for _, f, _ in worst])[:, None],
+                              torch.tensor([[s] for s, _, _ in worst], dtype=torch.float32),
+                              torch.tensor([[n] for _, _, n in worst]),
                               torch.from_numpy(self.memory_bank_), self.index_.search_tensor,
                               self.num_neighbours, self.reweight)
-        return scores, patch_scores.reshape(n_images, height, width)
+        return list(zip(scores.tolist(), grids))
+
+    def _to_original(self, grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        amap = super()._to_original(grid, size)
+        if self.roi_mask_ is not None:
+            inside = np.asarray(Image.fromarray(self.roi_mask_).resize(size, Image.NEAREST))
+            amap[~inside] = np.nan
+        return amap
 
     # -- persistence ------------------------------------------------------------------------
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {"feature_grid": list(self.feature_grid_), "n_patches_seen": self.n_patches_seen_}
+        state = {"n_patches_seen": self.n_patches_seen_}
         arrays = {"memory_bank": self.memory_bank_}
+        if self.roi_mask_ is not None:
+            arrays["roi_mask"] = self.roi_mask_
         if self.index_.saves_state:  # trained indexes are saved, so loading never re-trains them
             arrays["search_index"] = self.index_.state()
         return state, arrays
 
     def _resolved_params(self) -> dict[str, Any]:
         index = self.index if isinstance(self.index, str) else describe_index(self.index)
-        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_, "index": index}
+        roi = None if self.roi_mask is None else ("array" if isinstance(self.roi_mask, np.ndarray) else str(self.roi_mask))
+        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_, "index": index,
+                "roi_mask": roi}
 
     @classmethod
     def _params_from_manifest(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +253,8 @@ class PatchCore(Detector):
         if bank.ndim != 2 or bank.shape[1] != self.feature_dim_:
             raise ValueError(f"memory bank shape {bank.shape} does not match feature_dim {self.feature_dim_}")
         self._set_bank(bank, arrays.get("search_index"))
-        self.feature_grid_ = tuple(manifest["feature_grid"])
+        self.roi_mask_ = arrays.get("roi_mask")
+        if self.roi_mask_ is not None:
+            self.roi_mask = self.roi_mask_  # the mask itself travels with the model, not its original path
         self.n_patches_seen_ = manifest["n_patches_seen"]
 

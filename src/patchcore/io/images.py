@@ -1,15 +1,12 @@
-"""Reading images from paths, PIL images or arrays, and the resize/crop/normalise preprocessing."""
+"""Reading images from paths, PIL images or arrays (any mode, clear errors), and collecting them from folders."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from patchcore.errors import DatasetError, ImageLoadError
@@ -19,41 +16,70 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
-def load_image(source: ImageInput) -> Image.Image:
-    """Return `source` as an RGB PIL image; grayscale, palette, RGBA, CMYK and 16-bit all become RGB."""
+# High-bit-depth images (16-bit files, integer arrays) are scaled by this depth unless told otherwise:
+# the same scale for every image, never each image's own maximum.
+DEFAULT_BIT_DEPTH = 16
+
+
+def load_image(source: ImageInput, bit_depth: int | None = None) -> Image.Image:
+    """Return `source` as an RGB PIL image; grayscale, palette, RGBA, CMYK and 16-bit all become RGB.
+
+    Pixels of more than 8 bits are scaled by `bit_depth` (default 16: 65535 becomes 255), the same for
+    every image, so one saturated pixel never changes how the rest of an image looks.
+    """
     if isinstance(source, Image.Image):
-        return _to_rgb(source)
+        return _to_rgb(source, bit_depth)
     if isinstance(source, np.ndarray):
-        return array_to_image(source)
+        return array_to_image(source, bit_depth)
     path = Path(source)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
-    return _decode(path, str(path))
+    return _decode(path, str(path), bit_depth)
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
+def decode_image(data: bytes, name: str, bit_depth: int | None = None) -> Image.Image:
     """An uploaded file's bytes as an RGB PIL image, as `load_image` reads files; `name` labels errors."""
     if not data:
         raise ImageLoadError(f"{name}: empty file")
-    return _decode(io.BytesIO(data), name)
+    return _decode(io.BytesIO(data), name, bit_depth)
 
 
-def _decode(file: Path | io.BytesIO, name: str) -> Image.Image:
+def read_image_size(source: ImageInput) -> tuple[int, int]:
+    """(width, height) of an image as `load_image` would return it, from the file's header only."""
+    if isinstance(source, Image.Image):
+        return source.size
+    if isinstance(source, np.ndarray):
+        return source.shape[1], source.shape[0]
+    path = Path(source)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)  # EXIF orientation: 5-8 turn the image by 90 degrees
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file") from None
+    except UnidentifiedImageError as error:
+        raise ImageLoadError(f"{path}: not a readable image (no known image format)") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"{path}: not a readable image ({error})") from error
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _decode(file: Path | io.BytesIO, name: str, bit_depth: int | None = None) -> Image.Image:
     try:
         with Image.open(file) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(image, bit_depth, name)
     except UnidentifiedImageError as error:  # its message repeats the file object, not worth showing
         raise ImageLoadError(f"{name}: not a readable image (no known image format)") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"{name}: not a readable image ({error})") from error
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, bit_depth: int | None = None, name: str | None = None) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # Scale 16/32-bit to 8 bit by the file's own range; Pillow's convert would clip at 255.
-        return array_to_image(np.asarray(image))
+        # Scaled by the bit depth to 8 bit; Pillow's convert would clip at 255.
+        return array_to_image(np.asarray(image), bit_depth, name)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -61,8 +87,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def array_to_image(array: np.ndarray) -> Image.Image:
-    """An (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array of uint8, uint16 or floats in [0, 1] as RGB."""
+def load_mask_image(source: str | Path | np.ndarray) -> np.ndarray:
+    """A mask image (file or array) as a boolean array: True where it is light (above mid-grey)."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 2:
+            raise ImageLoadError(f"mask array of shape {source.shape}: expected (H, W)")
+        return source.astype(bool) if source.dtype == bool else source > (source.max() / 2 if source.max() else 0)
+    picture = load_image(source)
+    return np.asarray(picture.convert("L")) > 127
+
+
+def array_to_image(array: np.ndarray, bit_depth: int | None = None, name: str | None = None) -> Image.Image:
+    """An (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array of uint8, uint16 (scaled by `bit_depth`,
+    default 16) or floats in [0, 1] as RGB."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
@@ -72,9 +109,14 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     if array.dtype == np.uint8:
         pixels = array
     elif np.issubdtype(array.dtype, np.integer):
+        label = name or f"array of shape {array.shape}"
         if array.min() < 0:
-            raise ImageLoadError(f"array of shape {array.shape}: negative pixel values")
-        peak = max(int(array.max()), 1)
+            raise ImageLoadError(f"{label}: negative pixel values")
+        depth = bit_depth or DEFAULT_BIT_DEPTH
+        peak = 2**depth - 1
+        if array.max() > peak:
+            raise ImageLoadError(f"{label}: pixel value {int(array.max())} exceeds the {depth}-bit range; "
+                                 "give the images' bit depth (--bit-depth)")
         pixels = (array.astype(np.float64) * (255.0 / peak)).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
@@ -137,40 +179,3 @@ def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = F
     if not items:
         raise DatasetError("no images given")
     return items
-
-
-@dataclass(frozen=True)
-class Preprocessor:
-    """Resize to `resize` x `resize`, centre-crop `crop_size`, normalise; and map results back."""
-
-    resize: int
-    crop_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self) -> None:
-        if self.crop_size > self.resize:
-            raise ValueError(f"crop_size {self.crop_size} is larger than resize {self.resize}")
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        resized = image.resize((self.resize, self.resize), Image.BILINEAR)
-        offset = self.crop_offset
-        cropped = resized.crop((offset, offset, offset + self.crop_size, offset + self.crop_size))
-        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
-
-    @property
-    def crop_offset(self) -> int:
-        return (self.resize - self.crop_size) // 2
-
-    def to_original_size(self, crop_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Place a crop-sized map into the resized frame (edge values fill the cut border), resize to (W, H)."""
-        offset = self.crop_offset
-        after = self.resize - self.crop_size - offset
-        framed = np.pad(crop_map, ((offset, after), (offset, after)), mode="edge")
-        tensor = torch.from_numpy(np.ascontiguousarray(framed, dtype=np.float32))[None, None]
-        width, height = size
-        resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
-        return resized[0, 0].numpy()

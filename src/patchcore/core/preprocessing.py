@@ -1,0 +1,203 @@
+"""How an image becomes network input and how patch scores map back: working resolution, tiles, crop preset.
+
+The default looks at the whole image with its aspect ratio kept, at a working resolution chosen from
+the training images (`choose_working_side`); images larger than a tile are cut into overlapping
+tiles, each contributing the patches of its core so the tiles partition the image's patch grid. The
+paper's MVTec protocol (square resize, centre crop) is the explicit `center_crop` option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from patchcore.core.scoring import anomaly_maps, map_operator
+
+# Working sizes are multiples of this (the coarsest default tap's stride), so every patch of every
+# tapped level covers whole pixels and the levels' grids align exactly.
+SIZE_MULTIPLE = 16
+# Below this many pixels on its longer side an image is enlarged: the stride-16 level would have too few cells.
+MIN_WORKING_SIDE = 64
+# The auto rule keeps training images at their native resolution up to this longer side and shrinks
+# larger ones to it; measured on the high-resolution offline benchmark (docs/results.md).
+MAX_AUTO_SIDE = 2048
+# Context the network sees beyond the patches a tile keeps (each side, working pixels): the tiles
+# overlap by twice this, so no kept patch is computed near a tile's cut edge.
+TILE_MARGIN = 64
+
+
+def parse_image_size(text: str) -> int | tuple[int, int]:
+    """'1024' (longer side, aspect kept) or '1280x960' (exact width x height)."""
+    width, separator, height = text.lower().partition("x")
+    try:
+        if separator:
+            size = (int(width), int(height))
+            if min(size) < 1:
+                raise ValueError
+            return size
+        side = int(text)
+        if side < 1:
+            raise ValueError
+        return side
+    except ValueError:
+        raise ValueError(f"{text!r}: give the longer side in pixels (e.g. 1024) or WIDTHxHEIGHT (e.g. 1280x960)") from None
+
+
+def choose_working_side(sizes: Sequence[tuple[int, int]]) -> int:
+    """The auto rule: the training images' median longer side, capped at MAX_AUTO_SIDE (native
+    resolution for all but very large images, which tiles then cover)."""
+    longest = int(np.median([max(size) for size in sizes]))
+    return max(MIN_WORKING_SIDE, min(longest, MAX_AUTO_SIDE))
+
+
+def _round_size(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window of the working image (pixels) and which of its patches it contributes (the core).
+
+    `core` is (row0, row1, col0, col1) in the tile's own patch grid; `place` is where that core's
+    top-left patch sits in the image's patch grid.
+    """
+
+    x: int
+    y: int
+    width: int
+    height: int
+    core: tuple[int, int, int, int]
+    place: tuple[int, int]
+
+
+def _spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int]]:
+    """(start, keep_from, keep_to) of tiles covering [0, length) with cores that partition it."""
+    if length <= tile:
+        return [(0, 0, length)]
+    step = tile - 2 * margin
+    count = math.ceil((length - 2 * margin) / step)
+    spans = []
+    for index in range(count):
+        start = min(index * step, length - tile)
+        keep_from = 0 if index == 0 else spans[-1][2]
+        keep_to = length if index == count - 1 else start + tile - margin
+        spans.append((start, keep_from, keep_to))
+    return spans
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Original image -> normalised working image (and its tiles); patch-score grid -> map on the original.
+
+    `image_size`: the working resolution, an int for the longer side (aspect kept) or (width, height)
+    exactly. `center_crop`: the paper's protocol, keep only the central crop of that many pixels of the
+    working image (the rest of the image is not inspected: its map is NaN). `tile_size`: the largest
+    window the network sees at once (None: always the whole image).
+    """
+
+    image_size: int | tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    center_crop: int | None = None
+    tile_size: int | None = None
+    stride: int = 8
+
+    @property
+    def multiple(self) -> int:
+        """Working sizes and tile sizes are multiples of this: whole patches at every tapped level."""
+        return math.lcm(SIZE_MULTIPLE, self.stride)
+
+    def working_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) the image of (width, height) `size` is resized to, before any crop."""
+        if isinstance(self.image_size, tuple):
+            return _round_size(self.image_size[0], self.multiple), _round_size(self.image_size[1], self.multiple)
+        scale = max(self.image_size, MIN_WORKING_SIDE) / max(size)
+        return _round_size(size[0] * scale, self.multiple), _round_size(size[1] * scale, self.multiple)
+
+    def network_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) of what the network sees: the working image, or its centre crop."""
+        if self.center_crop is None:
+            return self.working_size(size)
+        return self.center_crop, self.center_crop
+
+    def _crop_box(self, working: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        if self.center_crop is None:
+            return None
+        if self.center_crop > min(working):
+            raise ValueError(f"center_crop {self.center_crop} is larger than the working image {working[0]}x{working[1]}")
+        left, top = (working[0] - self.center_crop) // 2, (working[1] - self.center_crop) // 2
+        return left, top, left + self.center_crop, top + self.center_crop
+
+    def inspected_box(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the original image that the network sees, in original pixels."""
+        working = self.working_size(size)
+        box = self._crop_box(working)
+        if box is None:
+            return 0, 0, size[0], size[1]
+        scale_x, scale_y = size[0] / working[0], size[1] / working[1]
+        return (round(box[0] * scale_x), round(box[1] * scale_y), round(box[2] * scale_x), round(box[3] * scale_y))
+
+    def network_pixels(self, image: Image.Image) -> np.ndarray:
+        """(H, W, 3) uint8 of what the network sees: the working image, or its centre crop."""
+        working = self.working_size(image.size)
+        resized = image.resize(working, Image.BILINEAR) if image.size != working else image
+        box = self._crop_box(working)
+        return np.asarray(resized.crop(box) if box else resized)
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """(3, h, w) float tensor of (h, w, 3) uint8 pixels, normalised with the backbone's mean and std."""
+        tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255.0)  # a copy: PIL's are read-only
+        return (tensor - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """(3, H, W) normalised tensor of what the network sees, whole."""
+        return self.normalise(self.network_pixels(image))
+
+    def tiles(self, network_size: tuple[int, int]) -> list[Tile]:
+        """Overlapping windows of at most tile_size whose cores partition the patch grid of the network input."""
+        width, height = network_size
+        tile = max(width, height) if self.tile_size is None else _round_size(self.tile_size, self.multiple)
+        margin = min(TILE_MARGIN, (tile - self.multiple) // 2) // self.multiple * self.multiple
+        s = self.stride
+        tiles = []
+        for y, keep_top, keep_bottom in _spans(height, tile, margin):
+            for x, keep_left, keep_right in _spans(width, tile, margin):
+                tiles.append(Tile(
+                    x, y, min(tile, width), min(tile, height),
+                    core=((keep_top - y) // s, (keep_bottom - y) // s, (keep_left - x) // s, (keep_right - x) // s),
+                    place=(keep_top // s, keep_left // s),
+                ))
+        return tiles
+
+    def grid_size(self, network_size: tuple[int, int]) -> tuple[int, int]:
+        """(rows, columns) of the image's patch grid."""
+        return network_size[1] // self.stride, network_size[0] // self.stride
+
+    def region_grid(self, mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A region-of-interest mask (any size, True = inspect) as a boolean patch grid of an image of
+        `size`: a patch is inside when at least half of its pixels are."""
+        picture = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST).convert("RGB")
+        inside = torch.from_numpy(self.network_pixels(picture)[:, :, 0].astype(np.float32) / 255.0)
+        pooled = F.avg_pool2d(inside[None, None], self.stride)[0, 0]
+        return (pooled >= 0.5).numpy()
+
+    def to_original(self, grid: torch.Tensor, size: tuple[int, int], blur_sigma: float) -> np.ndarray:
+        """(rows, columns) patch scores -> (H, W) map on the original image of (W, H) `size`: bilinear
+        upsampling and a Gaussian blur of `blur_sigma` working pixels, in one pass per axis. Pixels the
+        network did not see (outside a centre crop) are NaN: never painted with invented values."""
+        left, top, right, bottom = self.inspected_box(size)
+        network_w, network_h = self.network_size(size)
+        rows = map_operator(grid.shape[0], bottom - top, float(blur_sigma) * (bottom - top) / network_h)
+        columns = map_operator(grid.shape[1], right - left, float(blur_sigma) * (right - left) / network_w)
+        region = anomaly_maps(grid[None].float().cpu(), rows, columns)[0].numpy()
+        if (left, top, right, bottom) == (0, 0, *size):
+            return region
+        full = np.full((size[1], size[0]), np.nan, dtype=np.float32)
+        full[top:bottom, left:right] = region
+        return full
