@@ -146,3 +146,19 @@ def test_a_20_megapixel_prediction_stays_within_a_memory_bound(brick: np.ndarray
     # Features of the whole frame would be 312,500 x 152 floats and the first convolutions' activations
     # several GB; tile by tile it stays under this (the process includes torch, ~0.5 GB).
     assert result["peak_mb"] < 2500, result
+
+
+def test_overlays_are_bounded_and_leave_uninspected_pixels_uncoloured() -> None:
+    import io
+
+    from patchcore.io.visualize import overlay_png
+
+    picture = Image.fromarray(np.full((2000, 3000, 3), 128, dtype=np.uint8))
+    amap = np.linspace(0, 1, 3000, dtype=np.float32)[None].repeat(2000, axis=0)
+    amap[:, :300] = np.nan  # the left tenth was not inspected
+    small = Image.open(io.BytesIO(overlay_png(picture, amap, None)))
+    assert small.size == (1024, 683)
+    pixels = np.asarray(small)
+    assert (pixels[:, :90] == 128).all() and not (pixels[:, 200:] == 128).all(axis=-1).any()
+    full = Image.open(io.BytesIO(overlay_png(picture, amap, None, max_side=None)))
+    assert full.size == (3000, 2000)

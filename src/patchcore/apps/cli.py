@@ -265,13 +265,17 @@ def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for scores.csv, scores.json and heatmaps/.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
+@click.option("--heatmap-size", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Longer side of the heatmap overlays in pixels; 0 writes them at each image's own size.")
+@click.option("--no-heatmaps", is_flag=True, help="Write scores only.")
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
 @_ray_options
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
-            false_alarm_rate: float | None, skip_bad: bool, workers: int, use_ray: bool, ray_address: str | None,
-            ray_threads: int | None) -> None:
+            false_alarm_rate: float | None, skip_bad: bool, heatmap_size: int, no_heatmaps: bool, workers: int,
+            use_ray: bool, ray_address: str | None, ray_threads: int | None) -> None:
     """Score IMAGES (files or folders, searched recursively) with the model in MODEL_DIR; write scores,
-    decisions and heatmaps. --false-alarm-rate overrides the model's."""
+    decisions and heatmaps (heatmaps/NAME.png: the path below the inputs' common folder, '/' as '__').
+    --false-alarm-rate overrides the model's."""
     from patchcore.core.thresholds import validate_false_alarm_rate
     from patchcore.io.images import collect_images
     from patchcore.io.outputs import output_names, write_scores
@@ -281,6 +285,8 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     threads = ray_settings(use_ray, ray_address, ray_threads, 1)
     files = collect_images(list(images))
     names = output_names(files)
+    heatmaps_dir = None if no_heatmaps else out_dir
+    heatmap_side = heatmap_size or None
     if threads is None:
         from patchcore.apps.jobs import predict_files
         from patchcore.methods import load_model
@@ -288,7 +294,7 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
         model = load_model(model_dir, device=device, weights=weights)
         if false_alarm_rate is not None:
             model.false_alarm_rate = false_alarm_rate
-        rows, skipped = predict_files(model, files, names, out_dir, skip_bad, progress=True)
+        rows, skipped = predict_files(model, files, names, heatmaps_dir, skip_bad, progress=True, heatmap_side=heatmap_side)
     else:
         if device not in (None, "cpu") or weights is not None:
             raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
@@ -297,14 +303,15 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
         from patchcore.apps.distributed import predict_on_actors, start_scorers
 
         scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
-        rows, skipped = predict_on_actors(scorers, files, names, out_dir, skip_bad)
+        rows, skipped = predict_on_actors(scorers, files, names, heatmaps_dir, skip_bad, heatmap_side=heatmap_side)
     report_skipped(skipped)
     if not rows:
         raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
     write_scores(rows, out_dir)
     for row in rows:
         click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
-    click.echo(f"wrote {out_dir / 'scores.csv'} and {len(rows)} heatmaps in {out_dir / 'heatmaps'}")
+    heatmaps = "no heatmaps" if no_heatmaps else f"{len(rows)} heatmaps in {out_dir / 'heatmaps'}"
+    click.echo(f"wrote {out_dir / 'scores.csv'} and {heatmaps}")
 
 
 def echo_metrics(result) -> None:

@@ -17,6 +17,7 @@ from patchcore.apps.jobs import fit_category, predict_files
 from patchcore.core.detector import Detector
 from patchcore.data.categories import Category
 from patchcore.evaluation.evaluate import CategoryResult, evaluate_category
+from patchcore.io.visualize import DEFAULT_HEATMAP_SIDE
 from patchcore.methods import load_model
 
 
@@ -90,9 +91,10 @@ class _Scorer:
         if false_alarm_rate is not None:
             self.model.false_alarm_rate = false_alarm_rate
 
-    def score(self, files: list[str], names: list[str], out_dir: str | None, skip_bad: bool) -> tuple[list, list]:
+    def score(self, files: list[str], names: list[str], out_dir: str | None, skip_bad: bool,
+              heatmap_side: int | None) -> tuple[list, list]:
         return predict_files(self.model, [Path(f) for f in files], names, None if out_dir is None else Path(out_dir),
-                             skip_bad)
+                             skip_bad, heatmap_side=heatmap_side)
 
 
 def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate: float | None = None):
@@ -105,14 +107,15 @@ def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate:
 
 
 def predict_on_actors(scorers, files: Sequence[Path], names: Sequence[str], out_dir: Path | None,
-                      skip_bad: bool = False, chunk_size: int = 64) -> tuple[list[dict], list[str]]:
+                      skip_bad: bool = False, chunk_size: int = 64,
+                      heatmap_side: int | None = DEFAULT_HEATMAP_SIDE) -> tuple[list[dict], list[str]]:
     """`jobs.predict_files` on the `start_scorers` pool, chunk by chunk: rows in the files' order, skipped files."""
     starts = np.arange(0, len(files), chunk_size)
     chunks = [([str(f) for f in files[s : s + chunk_size]], list(names[s : s + chunk_size])) for s in starts]
     target = None if out_dir is None else str(out_dir)
     rows, skipped = [], []
     for chunk_rows, chunk_skipped in scorers.map(
-            lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target, skip_bad), chunks):
+            lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target, skip_bad, heatmap_side), chunks):
         rows += chunk_rows
         skipped += chunk_skipped
     return rows, skipped

@@ -12,7 +12,7 @@ from patchcore.data.categories import Category
 from patchcore.errors import ImageLoadError
 from patchcore.io.images import load_image
 from patchcore.io.outputs import prediction_row
-from patchcore.io.visualize import write_overlay
+from patchcore.io.visualize import DEFAULT_HEATMAP_SIDE, write_overlay
 
 # Images decoded and scored at a time: bounds the maps and pictures in memory.
 PREDICT_CHUNK = 64
@@ -32,8 +32,10 @@ def predict_files(
     out_dir: Path | None,
     skip_bad: bool = False,
     progress: bool = False,
+    heatmap_side: int | None = DEFAULT_HEATMAP_SIDE,
 ) -> tuple[list[dict], list[str]]:
-    """Score `files`, writing each heatmap overlay as `out_dir/heatmaps/NAME.png` (none when `out_dir` is None).
+    """Score `files`, writing each heatmap overlay as `out_dir/heatmaps/NAME.png` (none when `out_dir` is None),
+    at most `heatmap_side` pixels on its longer side (None: the image's own size).
 
     Each file is decoded once, for both its score and its overlay. Returns the score rows in the
     files' order and, with `skip_bad`, the messages of files that are not readable images (without
@@ -56,7 +58,7 @@ def predict_files(
                 prediction.source = str(file)
                 if out_dir is not None:
                     write_overlay(out_dir / "heatmaps" / f"{name}.png", picture, prediction.anomaly_map,
-                                  model.nominal_map_range_)
+                                  model.nominal_map_range_, heatmap_side)
                 rows.append(prediction_row(prediction))
             bar.update(min(PREDICT_CHUNK, len(files) - start))
     return rows, skipped

@@ -24,7 +24,7 @@ from patchcore.core.detector import Detector
 from patchcore.errors import ImageLoadError, PatchCoreError
 from patchcore.io.images import decode_image
 from patchcore.methods import load_model
-from patchcore.io.visualize import overlay_png
+from patchcore.io.visualize import legend_html, overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0
@@ -135,6 +135,7 @@ def create_app(
                   description="Anomaly scores, good/defect decisions and heatmaps from PatchCore models.")
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes, timeout=body_timeout)
     page = files("patchcore.apps").joinpath("web/index.html").read_text(encoding="utf-8")
+    page = page.replace("__HEATMAP_LEGEND__", legend_html())
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

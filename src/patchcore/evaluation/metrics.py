@@ -41,6 +41,9 @@ class PixelMetrics:
             raise ValueError(f"map shape {anomaly_map.shape} differs from mask shape {mask.shape}")
         if anomaly_map.size == 0:
             return
+        # NaN marks pixels the model did not inspect (outside a centre crop or region of interest): it
+        # flags none of them, as if they scored 0.
+        anomaly_map = np.nan_to_num(anomaly_map, nan=0.0, posinf=np.inf, neginf=-np.inf)
         if not np.isfinite(anomaly_map).all() or anomaly_map.min() < 0:
             raise ValueError("anomaly maps must be finite and non-negative")
         self._grow_to(float(anomaly_map.max()))

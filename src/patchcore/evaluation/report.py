@@ -18,6 +18,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from patchcore.evaluation.evaluate import CategoryResult, machine_description, markdown_table, mean_row  # noqa: E402
 from patchcore.io.persistence import atomic_write_bytes  # noqa: E402
+from patchcore.io.visualize import legend_html  # noqa: E402
 
 PRO_LIMIT = 0.3
 
@@ -79,6 +80,7 @@ def category_section(result: CategoryResult) -> str:
         f"<table><tr><th>defect type</th><th>image AUROC vs. good</th></tr>{defects}</table>"
         f"<div class='plots'>{images}</div>"
         "<h3>Hardest images: highest-scored good images, then lowest-scored defects</h3>"
+        f"{legend_html()}"
         f"<div class='gallery'>{gallery}</div></section>"
     )
 

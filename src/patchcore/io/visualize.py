@@ -1,4 +1,4 @@
-"""Heatmap overlays of anomaly maps on images, as PIL images."""
+"""Heatmap overlays of anomaly maps on images, at a bounded size, and the colour scale they use."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from PIL import Image
 
 from patchcore.io.images import ImageInput, load_image
 from patchcore.io.persistence import atomic_write_bytes
+
+# Overlays are written with at most this many pixels on their longer side unless asked otherwise:
+# a 20-megapixel original makes a 5 MB overlay at full size, and most of a predict's time.
+DEFAULT_HEATMAP_SIDE = 1024
 
 # Anchors of a perceptually ordered dark-blue -> yellow -> red ramp.
 _RAMP_POSITIONS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -25,32 +29,67 @@ def colorize(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
-def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> Image.Image:
-    """Blend the colourised map over the image; the map must have the image's size."""
+def ramp_css() -> str:
+    """The ramp as a CSS linear-gradient, for legends drawn beside overlays (web page, report)."""
+    stops = ", ".join(f"rgb({r:.0f},{g:.0f},{b:.0f}) {100 * p:.0f}%" for p, (r, g, b) in zip(_RAMP_POSITIONS, _RAMP_COLOURS))
+    return f"linear-gradient(to right, {stops})"
+
+
+LEGEND_TEXT = ("dark blue: the held-out good images' typical pixel; green: t"
+               "he highest pixel they reached; red: as far again above it; no colour: not inspected")
+
+
+def legend_html() -> str:
+    """The colour scale of the overlays as an HTML snippet (a gradient bar and what its colours mean)."""
+    return (f"<div class='legend'><span style='display:inline-block;width:160px;height:10px;vertical-align:middle;"
+            f"background:{ramp_css()}'></span> <small>{LEGEND_TEXT}</small></div>")
+
+
+def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map resized to (W, H): values bilinearly, the not-inspected (NaN) pixels by nearest neighbour."""
+    inspected = np.isfinite(anomaly_map)
+    values = Image.fromarray(np.where(inspected, anomaly_map, 0.0).astype(np.float32), mode="F").resize(size, Image.BILINEAR)
+    mask = Image.fromarray(inspected).resize(size, Image.NEAREST)
+    return np.where(np.asarray(mask), np.asarray(values), np.nan)
+
+
+def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5,
+            max_side: int | None = DEFAULT_HEATMAP_SIDE) -> Image.Image:
+    """Blend the colourised map over the image (the map must have the image's size), shrunk to at most
+    `max_side` pixels on its longer side. Pixels the model did not inspect (NaN) keep the image's own colours."""
     if anomaly_map.shape != (image.height, image.width):
         raise ValueError(f"map shape {anomaly_map.shape} differs from image size {(image.height, image.width)}")
-    heat = Image.fromarray(colorize(anomaly_map, vmin, vmax))
-    return Image.blend(image.convert("RGB"), heat, alpha)
+    image = image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image, anomaly_map = image.resize(size, Image.BILINEAR), _resize_map(anomaly_map, size)
+    inspected = np.isfinite(anomaly_map)
+    heat = Image.fromarray(colorize(np.where(inspected, anomaly_map, vmin), vmin, vmax))
+    blended = np.asarray(Image.blend(image, heat, alpha))
+    return Image.fromarray(np.where(inspected[..., None], blended, np.asarray(image)))
 
 
 def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None) -> tuple[float, float]:
     """Colour range: good images' median pixel is cold, their maximum mid-scale; else the map's own range."""
     if nominal_map_range is None:
-        return float(anomaly_map.min()), float(anomaly_map.max())
+        if not np.isfinite(anomaly_map).any():
+            return 0.0, 1.0
+        return float(np.nanmin(anomaly_map)), float(np.nanmax(anomaly_map))
     median, peak = nominal_map_range
     return median, peak + (peak - median)
 
 
-def overlay_png(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None) -> bytes:
-    """The heatmap overlay of `image` as PNG bytes."""
+def overlay_png(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None,
+                max_side: int | None = DEFAULT_HEATMAP_SIDE) -> bytes:
+    """The heatmap overlay of `image` as PNG bytes, at most `max_side` pixels on its longer side."""
     vmin, vmax = display_range(anomaly_map, nominal_map_range)
     buffer = io.BytesIO()
-    overlay(load_image(image), anomaly_map, vmin, vmax).save(buffer, format="PNG")
+    overlay(load_image(image), anomaly_map, vmin, vmax, max_side=max_side).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def write_overlay(
-    path: Path, image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None
-) -> None:
+def write_overlay(path: Path, image: ImageInput, anomaly_map: np.ndarray,
+                  nominal_map_range: tuple[float, float] | None, max_side: int | None = DEFAULT_HEATMAP_SIDE) -> None:
     """Write the heatmap overlay of `image` as a PNG at `path`, atomically."""
-    atomic_write_bytes(path, overlay_png(image, anomaly_map, nominal_map_range))
+    atomic_write_bytes(path, overlay_png(image, anomaly_map, nominal_map_range, max_side))
