@@ -55,3 +55,20 @@ def test_missing_source_package_is_named(monkeypatch, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="pip install 'elpv-dataset==1.0.0.post1'"):
         build_offline_benchmarks(tmp_path, ("elpv_poly", "brick"))
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_high_resolution_panels_hold_one_small_defect_each_half_at_an_edge(tmp_path: Path) -> None:
+    from patchcore.data.offline import DEFECTS, HIRES, build_hires
+
+    info = build_hires(tmp_path, seed=1, n_train=2, n_test_good=1, n_per_defect=2)
+    category = tmp_path / HIRES
+    assert info["image_size"] == [2000, 720]
+    assert all(Image.open(p).size == (2000, 720) for p in category.rglob("*.png"))
+    masks = sorted((category / "ground_truth").rglob("*_mask.png"))
+    assert len(masks) == 2 * len(DEFECTS)
+    touching = 0
+    for path in masks:
+        ys, xs = np.nonzero(np.asarray(Image.open(path)))
+        assert 1 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 24  # small: at most 24 px across
+        touching += ys.min() == 0 or xs.min() == 0 or ys.max() == 719 or xs.max() == 1999
+    assert touching == len(DEFECTS)  # every other defect touches an edge

@@ -29,12 +29,14 @@ TEXTURES = ("brick", "grass", "gravel")
 # Foreign material for each texture, chosen to look different from it (gravel in grass looks like grass).
 FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
-OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES
+HIRES = "hires_panel"
+OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + (HIRES,)
 
 # The registry package each benchmark is built from: (import name, pip requirement).
 SOURCE_PACKAGES = {
     **{texture: ("skimage", "scikit-image>=0.22") for texture in TEXTURES},
     **{elpv: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for elpv in ELPV_CATEGORIES},
+    HIRES: ("skimage", "scikit-image>=0.22"),
 }
 
 CROP = 128
@@ -182,6 +184,99 @@ def build_texture(name: str, root: Path, seed: int = 0, n_test_good: int = 40, n
     }
 
 
+# The high-resolution panel: a fixed layout of REGION_ROWS x REGION_COLUMNS texture regions at the photos'
+# native resolution (2000 x 720 px), train regions cut from the photos' upper halves, test regions from
+# their lower halves, so no test pixel was ever seen in training.
+REGION = (240, 500)  # (height, width) of one region
+REGION_ROWS, REGION_COLUMNS = 3, 4
+SMALL_DEFECT = (8, 24)  # side of a defect's square, pixels at native resolution
+
+
+def _panel(photos: dict[str, np.ndarray], rng: np.random.Generator, lower_half: bool) -> np.ndarray:
+    height, width = REGION
+    panel = np.empty((height * REGION_ROWS, width * REGION_COLUMNS), dtype=np.uint8)
+    for row in range(REGION_ROWS):
+        for column in range(REGION_COLUMNS):
+            photo = photos[TEXTURES[(row + column) % len(TEXTURES)]]
+            half = photo.shape[0] // 2
+            y = (half if lower_half else 0) + int(rng.integers(half - height + 1))
+            x = int(rng.integers(photo.shape[1] - width + 1))
+            panel[row * height : (row + 1) * height, column * width : (column + 1) * width] = photo[y : y + height, x : x + width]
+    return panel
+
+
+def small_defect(panel: np.ndarray, rng: np.random.Generator, kind: str, donor: np.ndarray,
+                 at_border: bool) -> np.ndarray:
+    """Paint one defect of `kind` (a key of DEFECTS), 8-24 px across, into `panel` in place; return its mask.
+    With `at_border` it touches one of the panel's edges."""
+    size = int(rng.integers(SMALL_DEFECT[0], SMALL_DEFECT[1] + 1))
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    angle = rng.uniform(0, np.pi)
+    u, v = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
+    if kind == "scratch":  # a thin line across the square
+        blob = np.abs(v) <= rng.uniform(0.6, 1.2)
+    else:
+        radii = size / 2 * rng.uniform(0.7, 1.0), size / 2 * rng.uniform(0.4, 0.9)
+        blob = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1.0
+    rows, columns = np.flatnonzero(blob.any(axis=1)), np.flatnonzero(blob.any(axis=0))
+    blob = blob[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # its tight box, so an edge defect touches the edge
+    height, width = panel.shape
+    top, left = int(rng.integers(height - blob.shape[0] + 1)), int(rng.integers(width - blob.shape[1] + 1))
+    if at_border:
+        edge = int(rng.integers(4))
+        top = 0 if edge == 0 else height - blob.shape[0] if edge == 1 else top
+        left = 0 if edge == 2 else width - blob.shape[1] if edge == 3 else left
+    size_y, size_x = blob.shape
+    window = panel[top : top + size_y, left : left + size_x].astype(np.float64)
+    if kind == "scratch":
+        window[blob] = 235.0 if rng.random() < 0.5 else 20.0
+    elif kind == "hole":
+        window[blob] *= 0.15
+    elif kind == "brightness":
+        window[blob] *= rng.choice([0.45, 1.8])
+    elif kind == "stain":
+        window[blob] = gaussian_filter(window, 2)[blob] * 0.65
+    else:  # foreign_patch
+        y, x = int(rng.integers(donor.shape[0] - size_y)), int(rng.integers(donor.shape[1] - size_x))
+        window[blob] = donor[y : y + size_y, x : x + size_x][blob]
+    panel[top : top + size_y, left : left + size_x] = window.clip(0, 255).astype(np.uint8)
+    mask = np.zeros(panel.shape, dtype=bool)
+    mask[top : top + size_y, left : left + size_x] = blob
+    return mask
+
+
+def build_hires(root: Path, seed: int = 0, n_train: int = 16, n_test_good: int = 20, n_per_defect: int = 8) -> dict:
+    """Write the high-resolution panel category: 2000 x 720 px, one small defect per defective image."""
+    photos = {name: texture_photo(name) for name in TEXTURES}
+    rng = np.random.default_rng(seed)
+    category = root / HIRES
+    for i in range(n_train):
+        _save_png(_panel(photos, rng, lower_half=False), category / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        _save_png(_panel(photos, rng, lower_half=True), category / "test" / "good" / f"{i:03d}.png")
+    at_border = 0
+    for defect in DEFECTS:
+        for i in range(n_per_defect):
+            panel = _panel(photos, rng, lower_half=True)
+            border = i % 2 == 0
+            at_border += border
+            mask = small_defect(panel, rng, defect, photos[FOREIGN_DONOR[TEXTURES[i % len(TEXTURES)]]], border)
+            _save_png(panel, category / "test" / defect / f"{i:03d}.png")
+            _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
+    height, width = REGION[0] * REGION_ROWS, REGION[1] * REGION_COLUMNS
+    return {
+        "source": "scikit-image brick, grass, gravel photos (real) at native resolution, defects synthetic",
+        "image_size": [width, height],
+        "train_images": n_train,
+        "test_good": n_test_good,
+        "test_defective": n_per_defect * len(DEFECTS),
+        "defects": f"one per image, {SMALL_DEFECT[0]}-{SMALL_DEFECT[1]} px across; {at_border} touch an image edge",
+        "split": "regions of train panels come from the photos' upper halves, of test panels from their lower "
+                 "halves: no overlap",
+        "seed": seed,
+    }
+
+
 def elpv_labels() -> tuple[Path, list[tuple[str, float, str]]]:
     try:
         folder = Path(str(importlib.resources.files("elpv_dataset").joinpath("data")))
@@ -245,6 +340,8 @@ def build_offline_benchmarks(
         try:
             if category in TEXTURES:
                 description[category] = build_texture(category, staging, seed)
+            elif category == HIRES:
+                description[category] = build_hires(staging, seed)
             else:
                 description[category] = build_elpv(category.removeprefix("elpv_"), staging, seed)
             target = root / category

@@ -22,6 +22,8 @@ from patchcore.core.thresholds import f1_optimal_threshold
 from patchcore.io.visualize import overlay_png, write_overlay
 
 GALLERY_SIZE = 4
+# The map maximum counts as on the defect within this many pixels of its mask (the map is blurred).
+PEAK_TOLERANCE = 4
 
 
 @dataclass
@@ -49,6 +51,8 @@ class CategoryResult:
     n_train: int
     n_test: int
     per_defect_image_auroc: dict[str, float] | None = None  # good vs. each defect type alone
+    # Defective images whose map maximum lies on their defect (mask grown by PEAK_TOLERANCE px), %.
+    peak_on_defect: float | None = None
     # The model's threshold (held-out good images, test set unseen) and what it does on the test set:
     threshold: float | None = None
     false_alarm_rate: float | None = None  # the rate the threshold was set for
@@ -90,7 +94,7 @@ def evaluate_fitted(
 ) -> CategoryResult:
     """Metrics of an already fitted model on the category's test set; `details` keeps what a report draws."""
     pixel_metrics = PixelMetrics() if category.has_masks else None
-    labels, scores, types = [], [], []
+    labels, scores, types, peak_hits = [], [], [], []
     started = time.perf_counter()
     predictions = model.iter_predict([s.image for s in category.test_samples])
     for sample, prediction in zip(category.test_samples, predictions):
@@ -101,6 +105,8 @@ def evaluate_fitted(
             size = (prediction.anomaly_map.shape[1], prediction.anomaly_map.shape[0])
             mask = load_mask(sample.mask, size) if sample.mask else np.zeros(size[::-1], dtype=bool)
             pixel_metrics.update(prediction.anomaly_map, mask)
+            if mask.any():
+                peak_hits.append(peak_on_mask(prediction.anomaly_map, mask))
         if maps_dir is not None:
             folder = maps_dir / category.name / sample.defect_type
             write_overlay(folder / f"{sample.image.stem}.png", sample.image, prediction.anomaly_map,
@@ -119,6 +125,7 @@ def evaluate_fitted(
         n_train=len(category.train_images),
         n_test=len(labels),
         per_defect_image_auroc=per_defect_auroc(np.array(types), scores),
+        peak_on_defect=100 * float(np.mean(peak_hits)) if peak_hits else None,
         **threshold_columns(model, labels, scores),
     )
     if details:
@@ -128,6 +135,15 @@ def evaluate_fitted(
             gallery(category, model, labels, scores),
         )
     return result
+
+
+def peak_on_mask(anomaly_map: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the map's maximum lies on the defect, within PEAK_TOLERANCE pixels of its mask."""
+    if not np.isfinite(anomaly_map).any():
+        return False
+    y, x = np.unravel_index(np.nanargmax(anomaly_map), anomaly_map.shape)
+    near = mask[max(0, y - PEAK_TOLERANCE) : y + PEAK_TOLERANCE + 1, max(0, x - PEAK_TOLERANCE) : x + PEAK_TOLERANCE + 1]
+    return bool(near.any())
 
 
 def threshold_columns(model: Detector | Ensemble, labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -180,6 +196,7 @@ COLUMNS = (
     ("image_auroc", "image AUROC", "{:.1f}"),
     ("pixel_auroc", "pixel AUROC", "{:.1f}"),
     ("pro", "PRO", "{:.1f}"),
+    ("peak_on_defect", "map max on defect %", "{:.0f}"),
     ("fit_seconds", "fit s", "{:.1f}"),
     ("seconds_per_image", "s / image", "{:.3f}"),
     ("peak_memory_mb", "peak MB", "{:.0f}"),
