@@ -19,13 +19,14 @@ import numpy as np
 from patchcore.data.categories import load_category
 from patchcore.evaluation.evaluate import evaluate_category, machine_description
 from patchcore.core.patchcore import PatchCore
+from patchcore.evaluation.experiments import paper_protocol
 
 SETTINGS: dict[str, dict] = {
     "lite2 blocks 6+14 (default)": {},
     "lite2 blocks 6+10": {"layers": ("blocks.6", "blocks.10"), "feature_dim": 136},
     "lite2 blocks 3+6": {"layers": ("blocks.3", "blocks.6"), "feature_dim": 72},
     "lite2 blocks 6+14+19": {"layers": ("blocks.6", "blocks.14", "blocks.19"), "feature_dim": 168},
-    "lite2 blocks 6+14, 320 px": {"image_size": 320},
+    "lite2 blocks 6+14, 320 px": paper_protocol(320),
     "lite1 blocks 6+14": {"backbone": "efficientnet_lite1"},
     "lite0 blocks 4+10": {"backbone": "efficientnet_lite0"},
 }

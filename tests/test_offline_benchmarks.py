@@ -58,10 +58,10 @@ def test_missing_source_package_is_named(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_high_resolution_panels_hold_one_small_defect_each_half_at_an_edge(tmp_path: Path) -> None:
-    from patchcore.data.offline import DEFECTS, HIRES, build_hires
+    from patchcore.data.offline import DEFECTS, build_hires
 
-    info = build_hires(tmp_path, seed=1, n_train=2, n_test_good=1, n_per_defect=2)
-    category = tmp_path / HIRES
+    info = build_hires("hires_gravel", tmp_path, seed=1, n_train=2, n_test_good=1, n_per_defect=2)
+    category = tmp_path / "hires_gravel"
     assert info["image_size"] == [2000, 720]
     assert all(Image.open(p).size == (2000, 720) for p in category.rglob("*.png"))
     masks = sorted((category / "ground_truth").rglob("*_mask.png"))

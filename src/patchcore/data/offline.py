@@ -29,14 +29,14 @@ TEXTURES = ("brick", "grass", "gravel")
 # Foreign material for each texture, chosen to look different from it (gravel in grass looks like grass).
 FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
-HIRES = "hires_panel"
-OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + (HIRES,)
+HIRES = tuple(f"hires_{texture}" for texture in TEXTURES)
+OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + HIRES
 
 # The registry package each benchmark is built from: (import name, pip requirement).
 SOURCE_PACKAGES = {
     **{texture: ("skimage", "scikit-image>=0.22") for texture in TEXTURES},
     **{elpv: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for elpv in ELPV_CATEGORIES},
-    HIRES: ("skimage", "scikit-image>=0.22"),
+    **{hires: ("skimage", "scikit-image>=0.22") for hires in HIRES},
 }
 
 CROP = 128
@@ -184,22 +184,23 @@ def build_texture(name: str, root: Path, seed: int = 0, n_test_good: int = 40, n
     }
 
 
-# The high-resolution panel: a fixed layout of REGION_ROWS x REGION_COLUMNS texture regions at the photos'
-# native resolution (2000 x 720 px), train regions cut from the photos' upper halves, test regions from
-# their lower halves, so no test pixel was ever seen in training.
-REGION = (240, 500)  # (height, width) of one region
-REGION_ROWS, REGION_COLUMNS = 3, 4
+# The high-resolution panels: REGION_ROWS x REGION_COLUMNS regions of one texture photo at its native
+# resolution (2000 x 720 px). The photo is cut into four horizontal bands: train regions come
+# from bands 0 and 2, test regions from bands 1 and 3, so no test pixel was ever seen in training and
+# both sets span the photo from top to bottom (its content drifts that way).
+REGION = (120, 250)  # (height, width) of one region
+REGION_ROWS, REGION_COLUMNS = 6, 8
+BANDS = 4
 SMALL_DEFECT = (8, 24)  # side of a defect's square, pixels at native resolution
 
 
-def _panel(photos: dict[str, np.ndarray], rng: np.random.Generator, lower_half: bool) -> np.ndarray:
+def _panel(photo: np.ndarray, rng: np.random.Generator, test: bool) -> np.ndarray:
     height, width = REGION
     panel = np.empty((height * REGION_ROWS, width * REGION_COLUMNS), dtype=np.uint8)
     for row in range(REGION_ROWS):
         for column in range(REGION_COLUMNS):
-            photo = photos[TEXTURES[(row + column) % len(TEXTURES)]]
-            half = photo.shape[0] // 2
-            y = (half if lower_half else 0) + int(rng.integers(half - height + 1))
+            band = photo.shape[0] // BANDS
+            y = band * (2 * int(rng.integers(BANDS // 2)) + int(test)) + int(rng.integers(band - height + 1))
             x = int(rng.integers(photo.shape[1] - width + 1))
             panel[row * height : (row + 1) * height, column * width : (column + 1) * width] = photo[y : y + height, x : x + width]
     return panel
@@ -245,34 +246,36 @@ def small_defect(panel: np.ndarray, rng: np.random.Generator, kind: str, donor: 
     return mask
 
 
-def build_hires(root: Path, seed: int = 0, n_train: int = 16, n_test_good: int = 20, n_per_defect: int = 8) -> dict:
-    """Write the high-resolution panel category: 2000 x 720 px, one small defect per defective image."""
-    photos = {name: texture_photo(name) for name in TEXTURES}
+def build_hires(name: str, root: Path, seed: int = 0, n_train: int = 12, n_test_good: int = 16,
+                n_per_defect: int = 6) -> dict:
+    """Write a high-resolution panel category (`hires_TEXTURE`): 2000 x 720 px, one small defect per defective image."""
+    texture = name.removeprefix("hires_")
+    photo, donor = texture_photo(texture), texture_photo(FOREIGN_DONOR[texture])
     rng = np.random.default_rng(seed)
-    category = root / HIRES
+    category = root / name
     for i in range(n_train):
-        _save_png(_panel(photos, rng, lower_half=False), category / "train" / "good" / f"{i:03d}.png")
+        _save_png(_panel(photo, rng, test=False), category / "train" / "good" / f"{i:03d}.png")
     for i in range(n_test_good):
-        _save_png(_panel(photos, rng, lower_half=True), category / "test" / "good" / f"{i:03d}.png")
+        _save_png(_panel(photo, rng, test=True), category / "test" / "good" / f"{i:03d}.png")
     at_border = 0
     for defect in DEFECTS:
         for i in range(n_per_defect):
-            panel = _panel(photos, rng, lower_half=True)
+            panel = _panel(photo, rng, test=True)
             border = i % 2 == 0
             at_border += border
-            mask = small_defect(panel, rng, defect, photos[FOREIGN_DONOR[TEXTURES[i % len(TEXTURES)]]], border)
+            mask = small_defect(panel, rng, defect, donor, border)
             _save_png(panel, category / "test" / defect / f"{i:03d}.png")
             _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
     height, width = REGION[0] * REGION_ROWS, REGION[1] * REGION_COLUMNS
     return {
-        "source": "scikit-image brick, grass, gravel photos (real) at native resolution, defects synthetic",
+        "source": f"scikit-image data/{texture}.png (real photo) at native resolution, defects synthetic",
         "image_size": [width, height],
         "train_images": n_train,
         "test_good": n_test_good,
         "test_defective": n_per_defect * len(DEFECTS),
         "defects": f"one per image, {SMALL_DEFECT[0]}-{SMALL_DEFECT[1]} px across; {at_border} touch an image edge",
-        "split": "regions of train panels come from the photos' upper halves, of test panels from their lower "
-                 "halves: no overlap",
+        "split": f"the photo cut into {BANDS} horizontal bands: train regions from bands 0 and 2, test regions "
+                 "from bands 1 and 3: no overlap, both spanning the photo",
         "seed": seed,
     }
 
@@ -340,8 +343,8 @@ def build_offline_benchmarks(
         try:
             if category in TEXTURES:
                 description[category] = build_texture(category, staging, seed)
-            elif category == HIRES:
-                description[category] = build_hires(staging, seed)
+            elif category in HIRES:
+                description[category] = build_hires(category, staging, seed)
             else:
                 description[category] = build_elpv(category.removeprefix("elpv_"), staging, seed)
             target = root / category

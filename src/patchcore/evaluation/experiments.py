@@ -27,6 +27,12 @@ from patchcore.io.persistence import atomic_write_bytes
 ModelFactory = Callable[[], Detector | Ensemble]
 
 
+def paper_protocol(crop: int = 224) -> dict[str, Any]:
+    """The paper's preprocessing as parameters: squash to crop x 256 / 224 square, keep the central crop."""
+    side = round(crop * 256 / 224)
+    return {"image_size": (side, side), "center_crop": crop}
+
+
 @dataclass
 class Table:
     """One experiment's result: a title, column names, rows, and notes on how to read it."""
@@ -141,16 +147,14 @@ def patch_size_and_levels(
     return _grid("Patch size and hierarchy levels", categories, settings, log)
 
 
-def _levels_model(backbone: str, weights: str | None, layers: list[str], feature_dim: int | str, seed: int) -> PatchCore:
+def _levels_model(layers: list[str], feature_dim: int | str, seed: int, **base: Any) -> PatchCore:
     """PatchCore on `layers` with the default merge: raw, or the default dimension (all channels where
     the taps have fewer)."""
-    if feature_dim == "raw":
-        return PatchCore(backbone=backbone, weights=weights, layers=layers, feature_dim="raw", coreset_ratio=0.01,
-                         seed=seed)
-    loaded = load_backbone(backbone, weights)
-    probe = FeatureExtractor(loaded, resolve_layers(loaded.spec, layers), 1, None)
-    dim = min(feature_dim, probe.feature_dim)
-    return PatchCore(backbone=backbone, weights=weights, layers=layers, feature_dim=dim, coreset_ratio=0.01, seed=seed)
+    if feature_dim != "raw":
+        loaded = load_backbone(base["backbone"], base["weights"])
+        probe = FeatureExtractor(loaded, resolve_layers(loaded.spec, layers), 1, None)
+        feature_dim = min(feature_dim, probe.feature_dim)
+    return PatchCore(**base, layers=layers, feature_dim=feature_dim, coreset_ratio=0.01, seed=seed)
 
 
 def stride(
@@ -271,7 +275,7 @@ def ensembles(
             members, seconds = [], []
             for name in ENSEMBLE_BACKBONES:
                 started = time.perf_counter()
-                member = PatchCore(backbone=name, image_size=image_size, seed=seed).fit(list(category.train_images))
+                member = PatchCore(backbone=name, seed=seed, **paper_protocol(image_size)).fit(list(category.train_images))
                 seconds.append(time.perf_counter() - started)
                 members.append(member)
                 results.setdefault(name.replace("efficientnet_", ""), []).append(
@@ -350,12 +354,14 @@ def run_experiment(
     except KeyError:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}") from None
     started = time.perf_counter()
-    base = {"backbone": backbone, "weights": weights}
+    # The paper's tables were made with its MVTec protocol, so the experiments reproduce them with it.
+    base = {"backbone": backbone, "weights": weights, **paper_protocol()}
     table = experiment(categories, seed=seed, log=log, base=base, seeds=seeds)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = (
         f"### {table.title}\n\nCommand: `{command}`\n\nDate: {when}. Machine: {machine_description()}. "
-        f"Backbone {backbone} (PatchCore defaults otherwise: 10 % greedy coreset, p = 3, Eq. 7 with b = 9), "
+        f"Backbone {backbone}, the paper's protocol (256 x 256 squash, 224 centre crop; PatchCore defaults "
+        f"otherwise: 10 % greedy coreset, p = 3, Eq. 7 with b = 9), "
         f"seed {seed}, categories {', '.join(c.name for c in categories)}. "
         f"Run time {time.perf_counter() - started:.0f} s.\n\n"
     )
