@@ -48,7 +48,8 @@ def defect_crop(brick: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
 
 @pytest.fixture(scope="session")
 def fitted_model(train_crops: list[np.ndarray]) -> PatchCore:
-    return PatchCore(coreset_ratio=0.1, holdout_fraction=0.1, batch_size=8).fit(train_crops)
+    # At the crops' native 128 px (the auto rule would enlarge them to 256): the same code, 4x faster tests.
+    return PatchCore(coreset_ratio=0.1, holdout_fraction=0.1, batch_size=8, image_size=128).fit(train_crops)
 
 
 @pytest.fixture(scope="session")

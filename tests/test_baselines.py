@@ -41,9 +41,9 @@ def test_baseline_round_trips_through_load_model(baseline, good_test_crops, defe
 
 def test_padim_gaussians_live_on_the_level1_grid(train_crops) -> None:
     padim = Padim(n_channels=50).fit(train_crops[:12])
-    assert padim.feature_grid_ == (32, 32)  # stride 4 on the crops, inspected whole at their native 128 px
-    assert padim.means_.shape == (32 * 32, 50)
-    assert padim.inverse_covariances_.shape == (32 * 32, 50, 50)
+    assert padim.feature_grid_ == (64, 64)  # stride 4 on the 128 px crops, enlarged to 256 px by the size rule
+    assert padim.means_.shape == (64 * 64, 50)
+    assert padim.inverse_covariances_.shape == (64 * 64, 50, 50)
     # 24 + 40 + 112 channels of Lite0's levels 1-3; a seeded subset of them.
     assert padim.channels_.max() < 176 and len(set(padim.channels_.tolist())) == 50
 

@@ -21,7 +21,7 @@ def test_pasted_defect_scores_higher_and_is_located(fitted_model, good_test_crop
 def test_fitted_state(fitted_model, train_crops) -> None:
     n_holdout = int(np.ceil(0.1 * len(train_crops)))
     assert fitted_model.n_train_images_ == len(train_crops) - n_holdout
-    assert fitted_model.training_size_ == (128, 128) and fitted_model.preprocessor_.image_size == 128  # native
+    assert fitted_model.training_size_ == (128, 128) and fitted_model.preprocessor_.image_size == 128  # as asked
     assert fitted_model.memory_bank_.shape == (int(np.ceil(0.1 * fitted_model.n_patches_seen_)), 152)
     assert fitted_model.nominal_scores_.shape == (n_holdout,)
 
@@ -102,9 +102,10 @@ def test_bad_hyper_parameters_are_refused_at_fit(params: dict, message: str) -> 
 
 def test_random_and_full_banks(train_crops) -> None:
     full = PatchCore(sampler="none", holdout_fraction=0.0).fit(train_crops[:4])
-    assert full.memory_bank_.shape[0] == 4 * 16 * 16  # 128 px crops inspected whole: 16 x 16 patches at stride 8
+    # 128 px crops, enlarged to 256 px by the working-size rule: 32 x 32 patches at stride 8.
+    assert full.preprocessor_.image_size == 256 and full.memory_bank_.shape[0] == 4 * 32 * 32
     sampled = PatchCore(sampler="random", coreset_ratio=0.25, holdout_fraction=0.0).fit(train_crops[:4])
-    assert sampled.memory_bank_.shape[0] == 4 * 16 * 16 // 4
+    assert sampled.memory_bank_.shape[0] == 4 * 32 * 32 // 4
 
 
 def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_crops, tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_
     grid = loaded.patch_features(train_crops[0])
     pooled = PatchCore(feature_dim=152, coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4])
     pooled_grid = pooled.patch_features(train_crops[0])
-    assert grid.shape == pooled_grid.shape == (16 * 16, 152) and not np.allclose(grid, pooled_grid)
+    assert grid.shape == pooled_grid.shape == (32 * 32, 152) and not np.allclose(grid, pooled_grid)
     # Lite0's default merge is raw, and a saved default model says so (an old manifest's int still pools).
     default = PatchCore.load(PatchCore(coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4]).save(tmp_path / "d"))
     assert default.feature_dim == "raw"

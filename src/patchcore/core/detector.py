@@ -101,7 +101,8 @@ class Detector(BaseEstimator, ABC):
               "default: the packaged ones.", parse=str)
     image_size: int | tuple[int, int] | None = param(
         None, "Working resolution: the longer side in pixels (aspect kept) or WIDTHxHEIGHT. Default: chosen from "
-              "the training images, their native size up to 2048 px on the longer side.", parse=parse_image_size)
+              "the training images: their native size, enlarged to 256 or shrunk to 2048 px on the longer side.",
+        parse=parse_image_size)
     center_crop: int | None = param(
         None, "Inspect only the central square of this many working pixels. The paper's MVTec protocol is "
               "--image-size 256x256 --center-crop 224; by default the whole image is inspected.")
