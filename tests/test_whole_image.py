@@ -163,3 +163,25 @@ def test_overlays_are_bounded_and_leave_uninspected_pixels_uncoloured() -> None:
     assert (pixels[:, :90] == 128).all() and not (pixels[:, 200:] == 128).all(axis=-1).any()
     full = Image.open(io.BytesIO(overlay_png(picture, amap, None, max_side=None)))
     assert full.size == (3000, 2000)
+
+
+def test_the_cli_and_service_read_16_bit_images_with_the_models_bit_depth(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from patchcore.apps.cli import main
+
+    rng = np.random.default_rng(0)
+    for i in range(4):  # 12-bit data in 16-bit files: values up to 4095
+        Image.fromarray(rng.integers(1500, 2500, (64, 96)).astype(np.uint16)).save(tmp_path / f"{i}.png")
+    model_dir = tmp_path / "model"
+    run = CliRunner().invoke(main, ["fit", str(tmp_path), "--out", str(model_dir), "--bit-depth", "12",
+                                    "--holdout-fraction", "0", "--sampler", "none"])
+    assert run.exit_code == 0, run.output
+    bright = np.full((64, 96), 4095, dtype=np.uint16)  # saturated at 12 bits: white to the model
+    Image.fromarray(bright).save(tmp_path / "query.tif")
+    model = PatchCore.load(model_dir)
+    assert model.bit_depth == 12
+    run = CliRunner().invoke(main, ["predict", str(model_dir), str(tmp_path / "query.tif"), "--out", str(tmp_path / "o")])
+    assert run.exit_code == 0, run.output
+    scores = json.loads((tmp_path / "o" / "scores.json").read_text())
+    assert scores[0]["score"] == pytest.approx(model.predict([np.full((64, 96, 3), 255, dtype=np.uint8)])[0].score, rel=1e-5)

@@ -48,7 +48,7 @@ def predict_files(
             pictures, kept = [], []
             for file, name in zip(files[start : start + PREDICT_CHUNK], names[start : start + PREDICT_CHUNK]):
                 try:
-                    pictures.append(load_image(file))
+                    pictures.append(load_image(file, model.bit_depth))
                     kept.append((file, name))
                 except ImageLoadError as error:
                     if not skip_bad:

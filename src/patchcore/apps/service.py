@@ -191,7 +191,7 @@ def create_app(
         served = choose(model)
         name = image.filename or "upload"
         try:
-            picture = decode_image(image.file.read(), name)
+            picture = decode_image(image.file.read(), name, served.model.bit_depth)
         except ImageLoadError as error:
             raise HTTPException(422, str(error)) from error
         started = time.perf_counter()

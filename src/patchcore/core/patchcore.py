@@ -94,6 +94,7 @@ class PatchCore(Detector):
     def _fit_items(self, items: list[ImageInput]) -> None:
         started = time.perf_counter()
         self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
+        self._region_cache: dict[tuple[int, int], np.ndarray] = {}
         self.feature_dim_ = self.extractor_.feature_dim
         # One array filled tile by tile, its size known from the image headers: the bank is never held twice.
         total = sum(self._n_patches(read_image_size(item)) for item in items)
@@ -118,10 +119,9 @@ class PatchCore(Detector):
         """The patch grid's region of interest for an image of `size` (None: every patch)."""
         if self.roi_mask_ is None:
             return None
-        cache = self.__dict__.setdefault("_regions", {})
-        if size not in cache:
-            cache[size] = self.preprocessor_.region_grid(self.roi_mask_, size)
-        return cache[size]
+        if size not in self._region_cache:
+            self._region_cache[size] = self.preprocessor_.region_grid(self.roi_mask_, size)
+        return self._region_cache[size]
 
     def _n_patches(self, size: tuple[int, int]) -> int:
         region = self._region(size)
@@ -254,6 +254,7 @@ class PatchCore(Detector):
             raise ValueError(f"memory bank shape {bank.shape} does not match feature_dim {self.feature_dim_}")
         self._set_bank(bank, arrays.get("search_index"))
         self.roi_mask_ = arrays.get("roi_mask")
+        self._region_cache = {}
         if self.roi_mask_ is not None:
             self.roi_mask = self.roi_mask_  # the mask itself travels with the model, not its original path
         self.n_patches_seen_ = manifest["n_patches_seen"]
