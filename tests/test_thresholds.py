@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from patchcore.baselines.padim import Padim
 from patchcore.core.patchcore import PatchCore
 from patchcore.core.thresholds import f1_optimal_threshold, threshold_at_false_alarm_rate
 
@@ -54,8 +55,23 @@ def test_changing_the_false_alarm_rate_of_a_fitted_model_moves_the_threshold(fit
         fitted_model.false_alarm_rate = 0.01
 
 
-def test_without_held_out_images_there_is_no_decision(train_crops, defect_crop) -> None:
-    model = PatchCore(holdout_fraction=0.0, coreset_ratio=0.05).fit(train_crops[:6])
+def test_cross_fit_scores_each_fold_against_a_bank_without_its_own_patches(brick, train_crops) -> None:
+    from patchcore.data.offline import texture_photo
+
+    gravel = texture_photo("gravel")
+    gravel_crops = [gravel[y : y + 128, x : x + 128] for y in (0, 128) for x in (0, 128, 256)]
+    images = [*train_crops[:6], *gravel_crops]  # two contiguous folds: all brick, then all gravel
+    model = PatchCore(coreset_ratio=0.25, threshold_folds=2).fit(images)
+    assert model.nominal_source_.startswith("cross-fit") and len(model.nominal_scores_) == len(images)
+    assert model.n_train_images_ == len(images)  # nothing held out of the bank
+    # Each fold was scored against the other texture only: far above what the full bank gives them.
+    full_bank_scores = model.score_samples(images)
+    assert (model.nominal_scores_ > 1.5 * full_bank_scores).all()
+    assert any("cannot resolve a 1.0% false-alarm rate" in w for w in model.nominal_warnings())
+
+
+def test_without_nominal_scores_there_is_no_decision(train_crops, defect_crop) -> None:
+    model = Padim(holdout_fraction=0.0).fit(train_crops[:6])
     prediction = model.predict([defect_crop[0]])[0]
     assert model.decision_threshold() is None
     assert prediction.is_anomalous is None and prediction.normalised_score is None and prediction.score > 0

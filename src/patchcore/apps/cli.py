@@ -212,11 +212,15 @@ def load_categories(root: Path, categories: str | None) -> list:
 @click.option("--categories", default=None,
               help="DATA_DIR is a root of categories: fit each ('all', 'mvtec' or a comma list) into OUT/NAME.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
+@click.option("--validation", "validation_dir", default=None, type=click.Path(path_type=Path),
+              help="Independent good images (a folder) whose scores set the threshold, instead of a cross-fit.")
 @_ray_options
-def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, use_ray: bool,
-        ray_address: str | None, ray_threads: int | None, **options) -> None:
+def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, validation_dir: Path | None,
+        use_ray: bool, ray_address: str | None, ray_threads: int | None, **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, searched recursively, or an MVTec category's train/good)."""
     if categories is not None:
+        if validation_dir is not None:
+            raise click.UsageError("--validation goes with one folder; with --categories each category's own images are used")
         fit_many(data_dir, out_dir, categories, skip_bad, use_ray, ray_address, ray_threads, options)
         return
     if use_ray or ray_address:
@@ -225,8 +229,9 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, u
     from patchcore.io.images import collect_images
 
     files = collect_images(data_dir, training=True)  # a missing folder fails before the backbone loads
+    validation = None if validation_dir is None else collect_images(validation_dir)
     model = model_from_options(options)
-    model.fit(readable_images(files, skip_bad))
+    model.fit(readable_images(files, skip_bad), validation=validation)
     model.save(out_dir)
     if isinstance(model, PatchCore):
         state = (f"memory bank {model.memory_bank_.shape[0]} x {model.memory_bank_.shape[1]} "
@@ -235,6 +240,17 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, u
     else:
         state = f"{model.method} model"
     click.echo(f"fitted on {model.n_train_images_} images: {state}; saved to {out_dir}")
+    echo_threshold(model)
+
+
+def echo_threshold(model) -> None:
+    """How the good/defect threshold was set, and what limits it."""
+    threshold = model.decision_threshold()
+    if threshold is not None:
+        click.echo(f"threshold {threshold.value:.4f} at {model.false_alarm_rate:.1%} false alarms, from "
+                   f"{len(model.nominal_scores_)} nominal scores ({model.nominal_source_})")
+    for warning in model.nominal_warnings():
+        click.echo(f"warning: {warning}", err=True)
 
 
 def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray: bool, ray_address: str | None,
@@ -506,11 +522,15 @@ def demo(out_dir: Path, category: str, device: str | None) -> None:
     files = collect_images(data_root / category)  # an MVTec category: its test images
     rows, _ = predict_files(model, files, output_names(files), out_dir / "predictions", progress=True)
     write_scores(rows, out_dir / "predictions")
-    good = [row["score"] for row, f in zip(rows, files) if f.parent.name == "good"]
-    bad = [row["score"] for row, f in zip(rows, files) if f.parent.name != "good"]
-    auroc = roc_auc_score([0] * len(good) + [1] * len(bad), good + bad)
+    good = [row for row, f in zip(rows, files) if f.parent.name == "good"]
+    bad = [row for row, f in zip(rows, files) if f.parent.name != "good"]
+    auroc = roc_auc_score([0] * len(good) + [1] * len(bad), [r["score"] for r in good + bad])
+    echo_threshold(model)
+    false_alarms = sum(r["decision"] == "defect" for r in good) / len(good)
+    recall = sum(r["decision"] == "defect" for r in bad) / len(bad)
     click.echo(
-        f"{category}: {len(good)} good test crops (mean score {sum(good) / len(good):.3f}), "
-        f"{len(bad)} with synthetic defects (mean {sum(bad) / len(bad):.3f}); image AUROC {100 * auroc:.1f}\n"
+        f"{category}: {len(good)} good test crops, {len(bad)} with synthetic defects; image AUROC {100 * auroc:.1f}; "
+        f"at the threshold: {100 * false_alarms:.0f} % of good crops flagged (nominal "
+        f"{100 * model.false_alarm_rate:.0f} %), {100 * recall:.0f} % of defects found\n"
         f"model: {out_dir / 'model'}  heatmaps: {out_dir / 'predictions' / 'heatmaps'}"
     )

@@ -19,8 +19,8 @@ class Ensemble(BaseEstimator):
     Scores of different backbones live on different scales. Each member's image score is turned
     into a z-score with the mean and spread of its scores on held-out good training images, and its
     map (distances, never negative) is divided by the largest value its held-out good maps reached;
-    then both are averaged. The test set is never used for normalisation. Members need `holdout_fraction` > 0 and at least 10
-    training images so they have held-out statistics.
+    then both are averaged. The test set is never used for normalisation. Members need nominal scores:
+    PatchCore's cross-fit gives them; the baselines need `holdout_fraction` > 0 and at least 10 training images.
     """
 
     def __init__(self, members: Sequence[Detector], false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> None:
@@ -46,7 +46,7 @@ class Ensemble(BaseEstimator):
             if len(member.nominal_scores_) < 2 or member.nominal_map_range_ is None:
                 raise ValueError(
                     f"{type(member).__name__} member has no held-out good images to normalise with: "
-                    "use holdout_fraction > 0 and at least 10 training images"
+                    "use holdout_fraction > 0 and at least 10 training images (PatchCore cross-fits instead)"
                 )
         self.score_scales_ = [
             (float(m.nominal_scores_.mean()), float(max(m.nominal_scores_.std(ddof=1), 1e-12))) for m in self.members

@@ -196,19 +196,49 @@ class Detector(BaseEstimator, ABC):
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Detector":
-        """Fit on good images: a folder (recursively; an MVTec category's train/good), paths, PIL images or arrays."""
+    def fit(self, images: ImageInput | Sequence[ImageInput],
+            validation: ImageInput | Sequence[ImageInput] | None = None) -> "Detector":
+        """Fit on good images: a folder (recursively; an MVTec category's train/good), paths, PIL images or arrays.
+
+        The threshold's nominal scores come from `validation` (independent good images) when given,
+        else from held-out training images (`holdout_fraction`), else from the method's cross-fit.
+        """
         self._check_params()
         items = collect_images(images, training=True)
-        train_items, holdout_items = self._split_holdout(items)
+        if validation is not None:
+            train_items, holdout_items = items, collect_images(validation)
+        else:
+            train_items, holdout_items = self._split_holdout(items)
         sizes = [read_image_size(item) for item in train_items]
         # The most common training size: what the exported graph takes, and what the manifest reports.
         self.training_size_ = max(set(sizes), key=sizes.count)
         self._build_pipeline(load_backbone(self.backbone, self.weights), self.image_size or choose_working_side(sizes))
         self._fit_items(train_items)
         self.n_train_images_ = len(train_items)
-        self._fit_nominal_statistics(holdout_items)
+        self._fit_nominal_statistics([])  # fitted from here on; no threshold until the nominal scores are in
+        if holdout_items:
+            self.nominal_source_ = "validation images" if validation is not None else "held-out training images"
+            self._fit_nominal_statistics(list(self.iter_predict(holdout_items)))
+        else:
+            self.nominal_source_ = self._cross_fit_nominal(train_items)
         return self
+
+    def _cross_fit_nominal(self, items: list[ImageInput]) -> str:
+        """Nominal statistics without held-out images, if the method can (PatchCore's cross-fit);
+        returns how they were made, or says that there are none."""
+        return "none"
+
+    def nominal_warnings(self) -> list[str]:
+        """What limits the threshold: too few nominal scores for the false-alarm rate, or none at all."""
+        self._check_fitted()
+        count = len(self.nominal_scores_)
+        if count == 0:
+            return ["no nominal scores (too few good images to hold any out): predictions carry no good/defect "
+                    "decision; give more images, --validation DIR, or --holdout-fraction"]
+        if count * self.false_alarm_rate < 1:
+            return [f"{count} nominal scores cannot resolve a {self.false_alarm_rate:.1%} false-alarm rate: the "
+                    f"threshold is the highest good score seen, so the rate it promises is at best 1 in {count + 1}"]
+        return []
 
     def _split_holdout(self, items: list[ImageInput]) -> tuple[list[ImageInput], list[ImageInput]]:
         """Seeded split of good images into training images and held-out nominal images (none under 10)."""
@@ -218,14 +248,14 @@ class Detector(BaseEstimator, ABC):
         order = np.random.default_rng(self.seed).permutation(len(items))
         return [items[i] for i in sorted(order[n_holdout:])], [items[i] for i in sorted(order[:n_holdout])]
 
-    def _fit_nominal_statistics(self, holdout_items: list[ImageInput]) -> None:
-        """Scores of good images the model never saw: the scale for heatmaps, thresholds and ensembles."""
+    def _fit_nominal_statistics(self, predictions: list[Prediction]) -> None:
+        """Predictions of good images the model never saw: the scale for heatmaps, thresholds and ensembles."""
         self.nominal_scores_ = np.empty(0)
         self.nominal_map_range_ = None
-        if not holdout_items:
+        if not predictions:
             return
         scores, medians, peaks = [], [], []
-        for prediction in self.iter_predict(holdout_items):
+        for prediction in predictions:
             scores.append(prediction.score)
             medians.append(float(np.nanmedian(prediction.anomaly_map)))
             peaks.append(float(np.nanmax(prediction.anomaly_map)))
@@ -369,6 +399,8 @@ class Detector(BaseEstimator, ABC):
                 "std": list(self.preprocessor_.std),
             },
             "n_train_images": self.n_train_images_,
+            "nominal": {"source": self.nominal_source_, "n_images": len(self.nominal_scores_),
+                        "warnings": self.nominal_warnings()},
             "training_size": list(self.training_size_),
             "nominal_map_range": self.nominal_map_range_,
             **state,
@@ -414,6 +446,7 @@ class Detector(BaseEstimator, ABC):
         model._build_pipeline(backbone, model.image_size)
         try:
             model.n_train_images_ = manifest["n_train_images"]
+            model.nominal_source_ = manifest["nominal"]["source"]
             model.training_size_ = tuple(manifest["training_size"])
             model.nominal_scores_ = arrays["nominal_scores"]
             map_range = manifest["nominal_map_range"]

@@ -54,6 +54,13 @@ class PatchCore(Detector):
         parse=str)
     reweight: bool = param(True, "Eq. 7 score reweighting.")
     num_neighbours: int = param(9, "b of Eq. 7 (1: no reweighting).")
+    holdout_fraction: float = param(
+        0.0, "Share of good images held out to measure nominal scores; 0 (PatchCore's default) measures them "
+             "by cross-fit instead, from every training image (threshold_folds).")
+    threshold_folds: int = param(
+        5, "Cross-fit folds for the nominal scores: each contiguous run of the training images (in file order, so "
+           "consecutive frames and neighbouring crops stay together) is scored against the bank without its own "
+           "patches. Used when nothing is held out and no validation images are given.")
     tile_size: int | None = param(
         1024, "Largest square of working pixels the network sees at once: larger images are cut into overlapping "
               "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.")
@@ -73,6 +80,8 @@ class PatchCore(Detector):
             raise ValueError(f"feature_dim must be a positive integer, 'raw' or None, got {self.feature_dim!r}")
         if self.num_neighbours < 1:
             raise ValueError(f"num_neighbours must be >= 1, got {self.num_neighbours}")
+        if self.threshold_folds < 2:
+            raise ValueError(f"threshold_folds must be at least 2, got {self.threshold_folds}")
         if self.tile_size is not None and self.tile_size < 64:
             raise ValueError(f"tile_size must be at least 64 pixels, got {self.tile_size}")
 
@@ -110,9 +119,18 @@ class PatchCore(Detector):
         self.extraction_seconds_ = time.perf_counter() - started
 
         started = time.perf_counter()
-        bank = self._subsample(patches)
+        rows = self._subsample(patches)
         self.sampling_seconds_ = time.perf_counter() - started
         self.n_patches_seen_ = len(patches)
+        # Which training image each bank row came from: the cross-fit leaves a fold's own rows out.
+        origins = np.repeat(np.arange(len(items)), [self._n_patches(read_image_size(item)) for item in items])
+        if rows is None:
+            bank = patches
+        elif rows.ndim == 2:  # learned proxies: new vectors, from no one image
+            bank, origins = rows, None
+        else:
+            bank, origins = patches[rows], origins[rows]
+        self._bank_origins = origins
         self._set_bank(bank)
 
     def _region(self, size: tuple[int, int]) -> np.ndarray | None:
@@ -158,18 +176,36 @@ class PatchCore(Detector):
         else:
             self.index_ = index.restore(index_state, self.memory_bank_.shape[1])
 
-    def _subsample(self, patches: np.ndarray) -> np.ndarray:
+    def _subsample(self, patches: np.ndarray) -> np.ndarray | None:
+        """Indices of the patches the bank keeps (None: all of them), or for learned proxies, which are
+        not patches, the proxies themselves (2-D)."""
         if self.sampler == NO_SAMPLING or self.coreset_ratio >= 1.0:
-            return patches
+            return None
         n_select = coreset_size(len(patches), self.coreset_ratio)
         if self.sampler == "random":
-            return patches[random_subsample(len(patches), n_select, self.seed)]
+            return random_subsample(len(patches), n_select, self.seed)
         if self.sampler == "learned_proxies":
             return learned_proxies(patches, n_select, seed=self.seed, device=self.device_, progress=self.progress)
-        selected = greedy_coreset(
-            patches, n_select, self.projection_dim, self.seed, self.device_, progress=self.progress
-        )
-        return patches[selected]
+        return greedy_coreset(patches, n_select, self.projection_dim, self.seed, self.device_, progress=self.progress)
+
+    def _cross_fit_nominal(self, items: list[ImageInput]) -> str:
+        """Nominal scores of every training image: each of `threshold_folds` contiguous runs of images is
+        predicted with the bank minus the rows that came from its own images."""
+        folds = min(self.threshold_folds, len(items))
+        if folds < 2 or self._bank_origins is None:  # learned proxies come from no one image: nothing to leave out
+            return super()._cross_fit_nominal(items)
+        full_bank, full_index, origins = self.memory_bank_, self.index_, self._bank_origins
+        bounds = np.linspace(0, len(items), folds + 1).round().astype(int)
+        predictions = []
+        try:
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                keep = (origins < start) | (origins >= stop)
+                self._set_bank(full_bank[keep])
+                predictions += list(self.iter_predict(items[start:stop]))
+        finally:
+            self.memory_bank_, self.index_ = full_bank, full_index
+        self._fit_nominal_statistics(predictions)
+        return f"cross-fit over {folds} folds of the training images"
 
     # -- inference --------------------------------------------------------------------------
 
