@@ -64,7 +64,7 @@ def test_spade_image_score_is_the_mean_distance_to_the_nearest_training_images(t
 
 
 def test_ensemble_normalises_with_held_out_good_images(train_crops, good_test_crops, defect_crop) -> None:
-    ensemble = Ensemble([PatchCore(coreset_ratio=0.1), Padim(n_channels=50)]).fit(train_crops)
+    ensemble = Ensemble([PatchCore(coreset_ratio=0.1, image_size=128), Padim(n_channels=50, image_size=128)]).fit(train_crops)
     for member, (mean, spread) in zip(ensemble.members, ensemble.score_scales_):
         assert mean == pytest.approx(member.nominal_scores_.mean())
         assert spread == pytest.approx(member.nominal_scores_.std(ddof=1))
@@ -80,7 +80,7 @@ def test_ensemble_needs_nominal_scores(train_crops) -> None:
 
 
 def test_ensemble_maps_are_scaled_by_each_members_nominal_maximum(train_crops, defect_crop) -> None:
-    members = [PatchCore(coreset_ratio=0.1), Padim(n_channels=50)]
+    members = [PatchCore(coreset_ratio=0.1, image_size=128), Padim(n_channels=50, image_size=128)]
     ensemble = Ensemble(members).fit(train_crops)
     maps = [m.predict([defect_crop[0]])[0].anomaly_map for m in members]
     expected = np.mean([amap / m.nominal_map_range_[1] for amap, m in zip(maps, members)], axis=0)
