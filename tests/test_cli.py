@@ -92,3 +92,21 @@ def test_an_option_the_method_does_not_use_is_refused(image_folder: Path, tmp_pa
     assert result.exit_code != 0
     assert "--coreset-ratio" in result.output and "spade" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_an_unknown_device_is_one_clear_line(image_folder: Path, tmp_path: Path) -> None:
+    result = run("fit", image_folder, "--out", tmp_path / "m", "--device", "tpu")
+    assert result.exit_code != 0 and result.output.strip() == "Error: unknown device 'tpu': use cpu, cuda or cuda:N"
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_never_scores_its_own_output_folder(image_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(image_folder.glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    assert run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05", "--image-size", "128").exit_code == 0
+    for _ in range(2):  # the second run finds the first run's heatmaps inside the folder it scores
+        result = run("predict", tmp_path / "model", folder, "--out", folder / "out")
+        assert result.exit_code == 0, result.output
+        assert len(json.loads((folder / "out" / "scores.json").read_text())) == 3

@@ -299,7 +299,9 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
     threads = ray_settings(use_ray, ray_address, ray_threads, 1)
-    files = collect_images(list(images))
+    files = [file for file in collect_images(list(images)) if not is_inside(file, out_dir)]  # never our own outputs
+    if not files:
+        raise click.ClickException(f"no images to score outside the output folder {out_dir}")
     names = output_names(files)
     heatmaps_dir = None if no_heatmaps else out_dir
     heatmap_side = heatmap_size or None
@@ -328,6 +330,10 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
         click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
     heatmaps = "no heatmaps" if no_heatmaps else f"{len(rows)} heatmaps in {out_dir / 'heatmaps'}"
     click.echo(f"wrote {out_dir / 'scores.csv'} and {heatmaps}")
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def echo_metrics(result) -> None:

@@ -64,7 +64,12 @@ class Prediction:
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:  # torch's message lists two dozen device types this package never runs on
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu")
     return resolved
@@ -172,6 +177,7 @@ class Detector(BaseEstimator, ABC):
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
         if self.center_crop is not None and self.center_crop < 32:
             raise ValueError(f"center_crop must be at least 32 pixels, got {self.center_crop}")
+        resolve_device(self.device)  # a bad device fails before any image or weight is read
         if self.bit_depth is not None and not 8 <= self.bit_depth <= 32:
             raise ValueError(f"bit_depth must be between 8 and 32, got {self.bit_depth}")
         if self.blur_sigma < 0:
