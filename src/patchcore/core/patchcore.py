@@ -108,9 +108,13 @@ class PatchCore(Detector):
         # One array filled tile by tile, its size known from the image headers: the bank is never held twice.
         total = sum(self._n_patches(read_image_size(item)) for item in items)
         patches = np.empty((total, self.feature_dim_), dtype=np.float32)
+        # Which training image each row came from (tiles of several images arrive interleaved by size):
+        # the cross-fit leaves a fold's own rows out.
+        origins = np.empty(total, dtype=np.int64)
         filled = 0
-        for rows in self._patch_rows(items):
+        for image, rows in self._patch_rows(items):
             patches[filled : filled + len(rows)] = rows
+            origins[filled : filled + len(rows)] = image
             filled += len(rows)
         if filled != total:
             raise ValueError(f"{filled} patches extracted where the image sizes promised {total}")
@@ -122,8 +126,6 @@ class PatchCore(Detector):
         rows = self._subsample(patches)
         self.sampling_seconds_ = time.perf_counter() - started
         self.n_patches_seen_ = len(patches)
-        # Which training image each bank row came from: the cross-fit leaves a fold's own rows out.
-        origins = np.repeat(np.arange(len(items)), [self._n_patches(read_image_size(item)) for item in items])
         if rows is None:
             bank = patches
         elif rows.ndim == 2:  # learned proxies: new vectors, from no one image
@@ -156,16 +158,18 @@ class PatchCore(Detector):
         return torch.from_numpy(region[place[0] : place[0] + shape[0], place[1] : place[1] + shape[1]].copy())
 
     @torch.inference_mode()
-    def _patch_rows(self, items: list[ImageInput]) -> Iterator[np.ndarray]:
-        """The patch features (n, D) of every tile core of every image, inside the region of interest."""
-        for _, pictures in self._picture_chunks(items, "features"):
+    def _patch_rows(self, items: list[ImageInput]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the image in `items`, patch features (n, D)) of every tile core, inside the region of interest."""
+        first = 0
+        for chunk, pictures in self._picture_chunks(items, "features"):
             for entries, batch in self._network_batches(pictures):
                 features = self.extractor_(batch).float().cpu()
                 for (i, tile), grid in zip(entries, features):
                     top, bottom, left, right = tile.core
                     core = grid[top:bottom, left:right]
                     inside = self._inside(pictures[i].size, tile.place, core.shape[:2])
-                    yield (core.reshape(-1, core.shape[-1]) if inside is None else core[inside]).numpy()
+                    yield first + i, (core.reshape(-1, core.shape[-1]) if inside is None else core[inside]).numpy()
+            first += len(chunk)
 
     def _set_bank(self, bank: np.ndarray, index_state: np.ndarray | None = None) -> None:
         """The bank and its search index: fitted, or restored from a saved state without training again."""
@@ -212,7 +216,7 @@ class PatchCore(Detector):
     def patch_features(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Locally aware patch features of images, (n_patches, feature_dim): what the bank is built from."""
         self._check_fitted()
-        return np.concatenate(list(self._patch_rows(collect_images(images))))
+        return np.concatenate([rows for _, rows in self._patch_rows(collect_images(images))])
 
     @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
     def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
