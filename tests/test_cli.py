@@ -1,4 +1,6 @@
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +112,52 @@ def test_predict_never_scores_its_own_output_folder(image_folder: Path, tmp_path
         result = run("predict", tmp_path / "model", folder, "--out", folder / "out")
         assert result.exit_code == 0, result.output
         assert len(json.loads((folder / "out" / "scores.json").read_text())) == 3
+
+
+def test_outputs_are_checked_before_any_work(image_folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for command in (["fit", image_folder, "--out", tmp_path / "taken" / "model"],
+                    ["predict", tmp_path / "no-model", image_folder, "--out", tmp_path / "taken"]):
+        result = run(*command)
+        assert result.exit_code != 0 and "is a file, not a folder" in result.output, result.output
+    if os.geteuid() != 0:  # root writes anywhere
+        result = run("fit", image_folder, "--out", locked / "model")
+        assert result.exit_code != 0 and "is not writable" in result.output
+
+
+def test_predict_streams_scores_and_ends_with_a_summary(image_folder: Path, defect_crop, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    import patchcore.apps.jobs
+
+    assert run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05").exit_code == 0
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(defect_crop[0]).save(folder / "a_defect.png")
+    for i, path in enumerate(sorted(image_folder.glob("*.png"))[:2]):
+        (folder / f"b{i}.png").write_bytes(path.read_bytes())
+    result = run("predict", tmp_path / "model", folder, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = result.output.strip().splitlines()[-2]
+    assert re.fullmatch(r"scored 3 images in \d+\.\d s \(\d+\.\d images/s\): 1 defect, 2 good", summary), summary
+
+    # A run that dies part-way keeps the scores it computed (chunks of 2 so that one is done before the failure).
+    (folder / "c_cut.png").write_bytes((folder / "b0.png").read_bytes()[:200])
+    monkeypatch.setattr(patchcore.apps.jobs, "PREDICT_CHUNK", 2)
+    result = run("predict", tmp_path / "model", folder, "--out", tmp_path / "died")
+    assert result.exit_code != 0 and "c_cut.png" in result.output
+    lines = (tmp_path / "died" / "scores.csv").read_text().splitlines()
+    assert lines[0].startswith("image,score") and len(lines) == 3 and "a_defect.png" in lines[1]
+
+
+def test_serve_on_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", tmp_path / "no-model", "--port", port)
+    assert result.exit_code != 0
+    assert result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port}: already in use"

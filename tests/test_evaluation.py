@@ -81,3 +81,15 @@ def test_evaluate_checks_every_category_before_fitting(tmp_path: Path) -> None:
     (tmp_path / "data" / "brick" / "ground_truth" / "paste" / "1_mask.png").unlink()
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "eval")])
     assert result.exit_code != 0 and "1_mask.png is missing" in result.output
+
+
+def test_evaluate_names_a_category_without_good_test_images_and_an_out_that_is_a_file(tmp_path: Path) -> None:
+    small_texture_category(tmp_path / "data")
+    for image in (tmp_path / "data" / "brick" / "test" / "good").iterdir():
+        image.unlink()
+    (tmp_path / "data" / "brick" / "test" / "good").rmdir()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "eval")])
+    assert result.exit_code != 0 and "brick/test/good: missing or empty" in result.output
+    (tmp_path / "taken").write_text("a file")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "taken")])
+    assert result.exit_code != 0 and result.output.strip() == f"Error: --out {tmp_path / 'taken'}: is a file, not a folder"

@@ -50,6 +50,8 @@ def test_onnx_scores_and_maps_match_the_library_on_real_images(exact_model, expo
     np.testing.assert_allclose(one, scores[3:], atol=1e-5)
     metadata = session.get_modelmeta().custom_metadata_map
     assert metadata["backbone"] == "efficientnet_lite0" and '"input_width": 128' in metadata["preprocessing"]
+    assert metadata["search"] == "exact" and '"kind": "exact"' in metadata["library_index"]
+    assert "within 1e-4" in metadata["search_contract"]
 
 
 def test_export_leaves_the_fitted_model_as_it_was(exact_model, exported: Path) -> None:
@@ -71,8 +73,12 @@ def test_export_refuses_a_bank_over_the_limit_and_other_methods(exact_model, tra
 
 def test_export_command_writes_and_checks_the_graph(fitted_model, tmp_path: Path) -> None:
     model_dir = fitted_model.save(tmp_path / "model")
+    files_before = {p.name for p in model_dir.iterdir()}
     result = CliRunner().invoke(main, ["export", str(model_dir)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert (model_dir / "model.onnx").is_file()
+    assert {p.name for p in model_dir.iterdir()} - files_before == {"model.onnx"}  # no .tmp.data beside it
+    assert "warning" not in result.output.lower() and "torchvision" not in result.output
+    assert '"kind": "ivf"' in onnxruntime.InferenceSession(str(model_dir / "model.onnx")).get_modelmeta(
+        ).custom_metadata_map["library_index"]  # the contract names the index the library itself uses
     gaps = [float(found) for found in re.findall(r"\d\.\d+e[+-]\d+", result.output)]
     assert len(gaps) == 2 and max(gaps) < 1e-4, result.output

@@ -124,3 +124,11 @@ def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_
     assert PatchCore.load(pooled.save(tmp_path / "pooled")).feature_dim == 152
     with pytest.raises(ValueError, match="feature_dim must be a positive integer, 'raw' or None"):
         PatchCore(feature_dim="wide").fit(train_crops[:4])
+
+
+def test_a_model_fitted_at_a_width_x_height_size_loads_again(train_crops, defect_crop, tmp_path: Path) -> None:
+    model = PatchCore(image_size=(128, 96), coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:6])
+    model.save(tmp_path / "model")
+    loaded = PatchCore.load(tmp_path / "model")
+    assert loaded.image_size == (128, 96)
+    assert loaded.predict([defect_crop[0]])[0].score == model.predict([defect_crop[0]])[0].score

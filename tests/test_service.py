@@ -1,6 +1,7 @@
 import base64
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ def test_health_models_manifest_and_schema(client, model_dir: Path) -> None:
     manifest = client.get("/model?model=second").json()
     on_disk = json.loads((model_dir / "manifest.json").read_text())
     on_disk.pop("manifest_sha256")  # checked and set aside on load
+    on_disk["backbone"]["weights_source"] = Path(on_disk["backbone"]["weights_source"]).name  # no server paths
     assert manifest == on_disk
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/health", "/model", "/models"} <= set(schema["paths"])
@@ -114,3 +116,55 @@ def test_concurrent_requests_get_the_same_answers_as_the_library(client, fitted_
     with ThreadPoolExecutor(max_workers=6) as pool:
         scores = list(pool.map(post, range(len(images))))
     assert scores == expected
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_concurrent_oversized_images_get_413_from_their_header_without_memory_growth(served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = TestClient(create_app(served, max_megapixels=40))
+    buffer = io.BytesIO()
+    Image.new("L", (12_000, 7_000)).save(buffer, format="PNG")  # 84 MP in ~100 KB: 250 MB once decoded as RGB
+    bomb = buffer.getvalue()
+    assert len(bomb) < 2_000_000
+
+    def post(index: int):
+        return client.post("/predict?model=brick", files={"image": (f"big{index}.png", bomb, "image/png")})
+
+    before = _rss_bytes()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(post, range(16)))
+    growth = _rss_bytes() - before
+    assert {r.status_code for r in responses} == {413}
+    assert "12000 x 7000 pixels (84.0 MP) is more than the 40 MP allowed" in responses[0].json()["error"]
+    assert growth < 100 * 2**20, f"memory grew by {growth / 2**20:.0f} MB"  # one decode alone would be 250 MB
+
+
+def test_model_manifest_names_files_without_the_servers_folders(client, model_dir: Path) -> None:
+    text = json.dumps(client.get("/model?model=brick").json())
+    assert str(model_dir.parent) not in text and "/site-packages/" not in text and '"/' not in text
+    weights = client.get("/model?model=brick").json()["backbone"]["weights_source"]
+    assert weights.endswith(".pth") and "/" not in weights
+
+
+def test_api_docs_work_offline(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "cdn." not in page.text and "docs-assets/swagger-ui-bundle.js" in page.text
+    script = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_tiff_and_16_bit_originals_come_back_as_png(client) -> None:
+    ramp = (np.arange(96 * 128, dtype=np.uint16).reshape(96, 128) * 5)  # 16-bit grey, up to 61,435
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="TIFF")
+    response = client.post("/predict?model=brick&original=true",
+                           files={"image": ("part.tif", buffer.getvalue(), "image/tiff")})
+    assert response.status_code == 200, response.text
+    original = Image.open(io.BytesIO(base64.b64decode(response.json()["original_png_base64"])))
+    assert original.format == "PNG" and original.size == (128, 96) and original.mode == "RGB"
+    assert np.asarray(original)[-1, -1, 0] == round(61_435 / 65_535 * 255)  # scaled by 16 bits, as the model saw it

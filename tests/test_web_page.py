@@ -71,3 +71,32 @@ def test_a_folder_of_images_gets_a_batch_table(page, defect_crop, good_test_crop
     assert rows.nth(0).locator("td").nth(0).inner_text() == "0.png"  # sorted by score: the defect first
     assert rows.nth(0).locator("td").nth(1).inner_text() == "defect"
     assert page.locator("#summary").inner_text().startswith("3 image(s)")
+
+
+def test_pickers_are_labelled_and_a_16_bit_tiff_original_is_shown(page, tmp_path: Path) -> None:
+    import numpy as np
+
+    labels = page.locator("#drop label.picker").all_inner_texts()
+    assert [label.strip() for label in labels] == ["Image files", "A folder of images"]
+    tiff = tmp_path / "part.tif"
+    Image.fromarray((np.arange(96 * 128, dtype=np.uint16).reshape(96, 128) * 5)).save(tiff)
+    page.set_input_files("#file-input", str(tiff))
+    card = page.locator(".result-card[data-decision]")
+    card.wait_for(timeout=60_000)
+    original = card.locator("img.original")
+    original.wait_for()
+    assert original.evaluate("img => img.complete && img.naturalWidth") == 128  # rendered by the server as PNG
+
+
+def test_a_dropped_folder_is_walked_to_its_files(page) -> None:
+    # Browsers hand a dropped folder over as a directory entry; a fake tree stands in for one here.
+    names = page.evaluate("""async () => {
+        const file = name => ({isFile: true, file: done => done(new File(["x"], name))});
+        const folder = (name, children) => ({isFile: false, name, createReader: () => {
+            let batches = [children, []];  // readEntries answers in batches, then an empty one
+            return {readEntries: done => done(batches.shift())};
+        }});
+        const tree = folder("line1", [file("a.png"), folder("cam2", [file("b.tif")])]);
+        return (await filesOf(tree)).map(f => f.webkitRelativePath);
+    }""")
+    assert names == ["line1/a.png", "line1/cam2/b.tif"]

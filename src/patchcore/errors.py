@@ -9,6 +9,10 @@ class ImageLoadError(PatchCoreError):
     """An image file could not be read or decoded."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image has more pixels than the caller allows; found from its header, before decoding."""
+
+
 class DatasetError(PatchCoreError):
     """A data folder is missing, empty or not in the expected layout."""
 

@@ -8,6 +8,7 @@ Model options are not written here: they are generated from the estimators' decl
 from __future__ import annotations
 
 import dataclasses
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -20,6 +21,7 @@ from patchcore.errors import PatchCoreError
 from patchcore.params import CLI, HELP, PARSE, declared, value_type
 
 INDEX_PREFIX = "index_"
+MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, not on the terminal
 SKIP_BAD_HELP = "Skip files that are not readable images (each listed, with why) instead of stopping at the first."
 
 
@@ -218,6 +220,9 @@ def load_categories(root: Path, categories: str | None) -> list:
 def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, validation_dir: Path | None,
         use_ray: bool, ray_address: str | None, ray_threads: int | None, **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, searched recursively, or an MVTec category's train/good)."""
+    from patchcore.io.outputs import check_writable_folder
+
+    check_writable_folder(out_dir)
     if categories is not None:
         if validation_dir is not None:
             raise click.UsageError("--validation goes with one folder; with --categories each category's own images are used")
@@ -292,10 +297,14 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     """Score IMAGES (files or folders, searched recursively) with the model in MODEL_DIR; write scores,
     decisions and heatmaps (heatmaps/NAME.png: the path below the inputs' common folder, '/' as '__').
     --false-alarm-rate overrides the model's."""
+    import time
+
+    from patchcore.apps.jobs import summary_line
     from patchcore.core.thresholds import validate_false_alarm_rate
     from patchcore.io.images import collect_images
-    from patchcore.io.outputs import output_names, write_scores
+    from patchcore.io.outputs import ScoresWriter, check_writable_folder, output_names
 
+    check_writable_folder(out_dir)
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
     threads = ray_settings(use_ray, ray_address, ray_threads, 1)
@@ -305,30 +314,36 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     names = output_names(files)
     heatmaps_dir = None if no_heatmaps else out_dir
     heatmap_side = heatmap_size or None
-    if threads is None:
-        from patchcore.apps.jobs import predict_files
-        from patchcore.methods import load_model
+    started = time.perf_counter()
+    with ScoresWriter(out_dir) as scores:  # each row reaches scores.csv as soon as it is computed
+        if threads is None:
+            from patchcore.apps.jobs import predict_files
+            from patchcore.methods import load_model
 
-        model = load_model(model_dir, device=device, weights=weights)
-        if false_alarm_rate is not None:
-            model.false_alarm_rate = false_alarm_rate
-        rows, skipped = predict_files(model, files, names, heatmaps_dir, skip_bad, progress=True, heatmap_side=heatmap_side)
-    else:
-        if device not in (None, "cpu") or weights is not None:
-            raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
-        if workers < 1:
-            raise click.UsageError(f"--workers must be >= 1, got {workers}")
-        from patchcore.apps.distributed import predict_on_actors, start_scorers
+            model = load_model(model_dir, device=device, weights=weights)
+            if false_alarm_rate is not None:
+                model.false_alarm_rate = false_alarm_rate
+            rows, skipped = predict_files(model, files, names, heatmaps_dir, skip_bad, progress=True,
+                                          heatmap_side=heatmap_side, on_row=scores.add)
+        else:
+            if device not in (None, "cpu") or weights is not None:
+                raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
+            if workers < 1:
+                raise click.UsageError(f"--workers must be >= 1, got {workers}")
+            from patchcore.apps.distributed import predict_on_actors, start_scorers
 
-        scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
-        rows, skipped = predict_on_actors(scorers, files, names, heatmaps_dir, skip_bad, heatmap_side=heatmap_side)
-    report_skipped(skipped)
-    if not rows:
-        raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
-    write_scores(rows, out_dir)
-    for row in rows:
-        click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
+            scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
+            rows, skipped = predict_on_actors(scorers, files, names, heatmaps_dir, skip_bad, heatmap_side=heatmap_side,
+                                              on_row=scores.add, progress=True)
+        report_skipped(skipped)
+        if not rows:
+            raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
+        scores.finish()
+    if len(rows) <= MAX_ROWS_ECHOED:
+        for row in rows:
+            click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
     heatmaps = "no heatmaps" if no_heatmaps else f"{len(rows)} heatmaps in {out_dir / 'heatmaps'}"
+    click.echo(summary_line(rows, len(skipped), time.perf_counter() - started))
     click.echo(f"wrote {out_dir / 'scores.csv'} and {heatmaps}")
 
 
@@ -358,7 +373,11 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     import torch
 
     from patchcore.evaluation.evaluate import evaluate_category, write_results
+    from patchcore.io.outputs import check_writable_folder
 
+    check_writable_folder(out_dir)
+    if report_dir is not None:
+        check_writable_folder(report_dir, "--report")
     loaded = load_categories(root, categories)
     make_model = model_factory(options)  # a bad option fails before the first category
     maps_dir = out_dir / "maps" if save_maps else None
@@ -407,6 +426,9 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
 
     if name not in (*EXPERIMENTS, "all"):
         raise click.UsageError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, all")
+    from patchcore.io.outputs import check_writable_folder
+
+    check_writable_folder(out_dir)
     defaults = PatchCore()
     loaded = load_categories(root, categories)
     command = "patchcore " + " ".join(sys.argv[1:])
@@ -425,28 +447,44 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
 @click.option("--api-key", envvar="PATCHCORE_API_KEY", default=None,
               help="Require this key in the X-API-Key header (or set PATCHCORE_API_KEY).")
 @click.option("--max-upload-mb", type=float, default=20.0, show_default=True, help="Largest accepted request body.")
+@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,
+              help="Larger images get 413, found from their header before any pixel is decoded.")
 @click.option("--body-timeout", type=float, default=30.0, show_default=True,
               help="Seconds a client may pause while sending its upload before getting 408.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="'info' logs every request (access log); 'warning' only problems.")
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
-          body_timeout: float, device: str | None) -> None:
+          max_megapixels: float, body_timeout: float, log_level: str, device: str | None) -> None:
     """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
 
-    POST /predict?model=NAME with an image file; GET /health, /models, /model?model=NAME, /docs;
-    the web page is at /.
+    POST /predict?model=NAME with an image file; GET /health, /models, /model?model=NAME, /docs
+    (served offline; the schema is /openapi.json); the web page is at /.
     """
+    import socket
+
     import uvicorn
 
     from patchcore.apps.service import create_app, load_models
 
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:  # bound before the models load, so a busy port fails at once and in one line
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        reason = "already in use" if error.errno == errno.EADDRINUSE else error.strerror
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
     try:
         loaded = load_models(list(models), device=device)
     except ValueError as error:
+        listening.close()
         raise click.UsageError(str(error)) from error
     app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
-                     body_timeout=body_timeout)
+                     body_timeout=body_timeout, max_megapixels=max_megapixels)
     click.echo(f"serving {', '.join(loaded)} on http://{host}:{port}/")
     # Idle keep-alive connections are closed after 5 s; at most 64 requests are in flight at once.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5, limit_concurrency=64)
+    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=64)
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 @main.command()
@@ -520,8 +558,9 @@ def demo(out_dir: Path, category: str, device: str | None) -> None:
     from patchcore.core.patchcore import PatchCore
     from patchcore.data.offline import build_offline_benchmarks
     from patchcore.io.images import collect_images
-    from patchcore.io.outputs import output_names, write_scores
+    from patchcore.io.outputs import check_writable_folder, output_names, write_scores
 
+    check_writable_folder(out_dir)
     data_root = build_offline_benchmarks(out_dir / "data", (category,))
     model = PatchCore(device=device, progress=True).fit(data_root / category)
     model.save(out_dir / "model")

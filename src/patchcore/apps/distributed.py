@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from patchcore.apps.jobs import fit_category, predict_files
 from patchcore.core.detector import Detector
@@ -108,14 +109,21 @@ def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate:
 
 def predict_on_actors(scorers, files: Sequence[Path], names: Sequence[str], out_dir: Path | None,
                       skip_bad: bool = False, chunk_size: int = 64,
-                      heatmap_side: int | None = DEFAULT_HEATMAP_SIDE) -> tuple[list[dict], list[str]]:
-    """`jobs.predict_files` on the `start_scorers` pool, chunk by chunk: rows in the files' order, skipped files."""
+                      heatmap_side: int | None = DEFAULT_HEATMAP_SIDE,
+                      on_row: Callable[[dict], None] | None = None,
+                      progress: bool = False) -> tuple[list[dict], list[str]]:
+    """`jobs.predict_files` on the `start_scorers` pool, chunk by chunk: rows in the files' order (each also
+    given to `on_row` as its chunk returns), skipped files."""
     starts = np.arange(0, len(files), chunk_size)
     chunks = [([str(f) for f in files[s : s + chunk_size]], list(names[s : s + chunk_size])) for s in starts]
     target = None if out_dir is None else str(out_dir)
     rows, skipped = [], []
-    for chunk_rows, chunk_skipped in scorers.map(
-            lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target, skip_bad, heatmap_side), chunks):
-        rows += chunk_rows
-        skipped += chunk_skipped
+    with tqdm(total=len(files), desc="predict", unit="image", disable=not progress) as bar:
+        for (chunk_files, _), (chunk_rows, chunk_skipped) in zip(chunks, scorers.map(
+                lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target, skip_bad, heatmap_side), chunks)):
+            rows += chunk_rows
+            skipped += chunk_skipped
+            for row in chunk_rows if on_row is not None else ():
+                on_row(row)
+            bar.update(len(chunk_files))
     return rows, skipped

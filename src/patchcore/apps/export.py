@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +19,14 @@ from torch import nn
 from patchcore.core.patchcore import PatchCore
 from patchcore.core.scoring import anomaly_maps, image_scores, map_operators
 from patchcore.io.persistence import usual_permissions
-from patchcore.search import BankSearch
+from patchcore.search import BankSearch, describe_index
 
 DEFAULT_MAX_BANK_ROWS = 100_000
 OPSET = 18
+SEARCH_CONTRACT = (
+    "The graph finds nearest neighbours exactly. Its scores equal the library's with index 'exact' within 1e-4 "
+    "(tested). Against an approximate library index (ivf, the default) they can differ where that index misses "
+    "a patch's true nearest neighbour: the approximate distance is then larger; see the README for the measured gap.")
 
 
 class ScoringGraph(nn.Module):
@@ -82,29 +90,47 @@ def export_onnx(model: PatchCore, path: str | Path, max_bank_rows: int = DEFAULT
     example = torch.zeros(2, 3, height, width)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # The exporter may write weights beside the graph (NAME.data): staged in a folder of their own,
+    # merged into one file, and the folder removed, so nothing is left next to the model but model.onnx.
+    staging_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = staging_dir / path.name
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(
-                graph, (example,), staging, input_names=["images"], output_names=["scores", "anomaly_maps"],
+                graph, (example,), str(staging), input_names=["images"], output_names=["scores", "anomaly_maps"],
                 dynamic_shapes={"images": {0: batch}}, opset_version=OPSET, dynamo=True, verbose=False,
             )
         _add_metadata(staging, model)
-        usual_permissions(Path(staging))
+        usual_permissions(staging)
         os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
     return path
 
 
-def _add_metadata(path: str, model: PatchCore) -> None:
-    """Record how inputs must be preprocessed and what the model is, inside the ONNX file."""
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's notes that concern its internals, not the user (torchvision ops it skips,
+    deprecations inside torch); real errors still raise."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        exporter_log.setLevel(level)
+
+
+def _add_metadata(path: Path, model: PatchCore) -> None:
+    """Record how inputs must be preprocessed and what the model is, inside the ONNX file (weights merged
+    into it: one self-contained file)."""
     import onnx
 
-    proto = onnx.load(path)
+    proto = onnx.load(str(path))  # external weights, if any, are read in and saved inline below
     preprocessor = model.preprocessor_
     width, height = network_size(model)
     preprocessing = {"input_width": width, "input_height": height,
@@ -121,11 +147,13 @@ def _add_metadata(path: str, model: PatchCore) -> None:
         "threshold": json.dumps(None if threshold is None else threshold.value),
         "false_alarm_rate": json.dumps(model.false_alarm_rate),
         "search": "exact",
+        "library_index": json.dumps(describe_index(model.index_)),
+        "search_contract": SEARCH_CONTRACT,
     }
     for key, value in entries.items():
         item = proto.metadata_props.add()
         item.key, item.value = key, value
-    onnx.save(proto, path)
+    onnx.save(proto, str(path))
 
 
 def check_against_pytorch(model: PatchCore, path: str | Path, n_images: int = 2, seed: int = 0) -> tuple[float, float]:

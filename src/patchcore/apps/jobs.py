@@ -33,9 +33,11 @@ def predict_files(
     skip_bad: bool = False,
     progress: bool = False,
     heatmap_side: int | None = DEFAULT_HEATMAP_SIDE,
+    on_row: Callable[[dict], None] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Score `files`, writing each heatmap overlay as `out_dir/heatmaps/NAME.png` (none when `out_dir` is None),
-    at most `heatmap_side` pixels on its longer side (None: the image's own size).
+    at most `heatmap_side` pixels on its longer side (None: the image's own size); `on_row` gets each score
+    row as soon as it is computed.
 
     Each file is decoded once, for both its score and its overlay. Returns the score rows in the
     files' order and, with `skip_bad`, the messages of files that are not readable images (without
@@ -60,5 +62,20 @@ def predict_files(
                     write_overlay(out_dir / "heatmaps" / f"{name}.png", picture, prediction.anomaly_map,
                                   model.nominal_map_range_, heatmap_side)
                 rows.append(prediction_row(prediction))
+                if on_row is not None:
+                    on_row(rows[-1])
             bar.update(min(PREDICT_CHUNK, len(files) - start))
     return rows, skipped
+
+
+def summary_line(rows: Sequence[dict], n_skipped: int, seconds: float) -> str:
+    """What a predict run decided, and how fast: the last line a user reads."""
+    decided = {label: sum(row["decision"] == label for row in rows) for label in ("defect", "good")}
+    undecided = len(rows) - decided["defect"] - decided["good"]
+    parts = [f"{decided['defect']} defect", f"{decided['good']} good"]
+    if undecided:
+        parts.append(f"{undecided} without a threshold")
+    if n_skipped:
+        parts.append(f"{n_skipped} skipped")
+    rate = len(rows) / seconds if seconds > 0 else float("inf")
+    return f"scored {len(rows)} images in {seconds:.1f} s ({rate:.1f} images/s): {', '.join(parts)}"

@@ -16,18 +16,22 @@ from typing import Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from patchcore import __version__
 from patchcore.core.detector import Detector
-from patchcore.errors import ImageLoadError, PatchCoreError
+from patchcore.errors import ImageLoadError, ImageTooLargeError, PatchCoreError
 from patchcore.io.images import decode_image
+from patchcore.io.visualize import legend_html, overlay_png, preview_png
 from patchcore.methods import load_model
-from patchcore.io.visualize import legend_html, overlay_png
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0
+# Larger images are refused from their header: a 100 KB PNG can hold 84 MP, 250 MB once decoded.
+DEFAULT_MAX_MEGAPIXELS = 40.0
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 API_KEY_HEADER = "x-api-key"
 
@@ -42,8 +46,19 @@ class ServedModel:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The manifest the model was loaded from."""
-        return self.model.manifest_
+        """The manifest the model was loaded from, with file paths reduced to file names: the server's
+        folders are nobody's business."""
+        return _without_paths(self.model.manifest_)
+
+
+def _without_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(item) for item in value]
+    if isinstance(value, str) and re.match(r"^(/|~|[A-Za-z]:[\\/]|\\\\)", value):
+        return re.split(r"[\\/]", value.rstrip("/\\"))[-1]
+    return value
 
 
 def parse_model_argument(argument: str) -> tuple[str, Path]:
@@ -128,11 +143,14 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     api_key: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
 ) -> FastAPI:
-    """The service for already loaded models; `api_key` (if given) is required on every route but `/`
-    and `/health`, in the X-API-Key header."""
-    app = FastAPI(title="PatchCore inspection service", version=__version__,
+    """The service for already loaded models; `api_key` (if given) is required on every route but `/`,
+    `/health` and the API docs, in the X-API-Key header. Images over `max_megapixels` get 413 from their header."""
+    max_pixels = int(max_megapixels * 1e6)
+    app = FastAPI(title="PatchCore inspection service", version=__version__, docs_url=None, redoc_url=None,
                   description="Anomaly scores, good/defect decisions and heatmaps from PatchCore models.")
+    _serve_docs_offline(app)
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes, timeout=body_timeout)
     page = files("patchcore.apps").joinpath("web/index.html").read_text(encoding="utf-8")
     page = page.replace("__HEATMAP_LEGEND__", legend_html())
@@ -180,18 +198,21 @@ def create_app(
         authorise(request)
         return choose(model).manifest
 
-    @app.post("/predict")
+    @app.post("/predict", responses={413: {"description": "Upload or image too large"}})
     def predict(
         request: Request,
         image: UploadFile = File(..., description="An image file (PNG, JPEG, BMP, TIFF, WebP)"),
         model: str | None = Query(None, description="Model name; optional when one model is served"),
         overlay: bool = Query(True, description="Include the heatmap overlay as a base64 PNG"),
+        original: bool = Query(False, description="Include the image as the model saw it, as a base64 PNG"),
     ) -> dict:
         authorise(request)
         served = choose(model)
         name = image.filename or "upload"
         try:
-            picture = decode_image(image.file.read(), name, served.model.bit_depth)
+            picture = decode_image(image.file.read(), name, served.model.bit_depth, max_pixels=max_pixels)
+        except ImageTooLargeError as error:
+            raise HTTPException(413, str(error)) from error
         except ImageLoadError as error:
             raise HTTPException(422, str(error)) from error
         started = time.perf_counter()
@@ -216,9 +237,32 @@ def create_app(
         if overlay:
             png = overlay_png(picture, prediction.anomaly_map, served.model.nominal_map_range_)
             body["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
+        if original:
+            body["original_png_base64"] = base64.b64encode(preview_png(picture)).decode("ascii")
         return body
 
     return app
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """Swagger UI at /docs from the files the swagger-ui-bundle package installs: FastAPI's default page
+    loads them from a CDN and stays blank without internet. /openapi.json is the schema either way."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+        def docs_missing() -> str:
+            return ("<p>The API schema is at <a href='openapi.json'>/openapi.json</a>; install swagger-ui-bundle "
+                    "for the interactive page here.</p>")
+        return
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - API",
+                                   swagger_js_url="docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="docs-assets/favicon-32x32.png")
 
 
 def summary(served: ServedModel) -> dict:

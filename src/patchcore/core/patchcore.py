@@ -283,6 +283,7 @@ class PatchCore(Detector):
 
     @classmethod
     def _params_from_manifest(cls, params: dict[str, Any]) -> dict[str, Any]:
+        params = super()._params_from_manifest(params)
         if isinstance(params.get("index"), dict):
             params["index"] = make_index(**params["index"])
         return params

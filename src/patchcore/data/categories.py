@@ -66,6 +66,10 @@ def load_category(root: str | Path, name: str) -> Category:
             samples.append(TestSample(image, type_folder.name, mask))
     if not samples:
         raise DatasetError(f"{test_root}: no test images")
+    if not any(sample.defect_type == GOOD for sample in samples):
+        raise DatasetError(f"{test_root / GOOD}: missing or empty (good test images are needed to measure AUROC)")
+    if all(sample.defect_type == GOOD for sample in samples):
+        raise DatasetError(f"{test_root}: only good test images (add a folder per defect type)")
     return Category(name, folder, train_images, tuple(samples))
 
 

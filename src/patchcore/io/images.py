@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from patchcore.errors import DatasetError, ImageLoadError
+from patchcore.errors import DatasetError, ImageLoadError, ImageTooLargeError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -37,10 +37,18 @@ def load_image(source: ImageInput, bit_depth: int | None = None) -> Image.Image:
     return _decode(path, str(path), bit_depth)
 
 
-def decode_image(data: bytes, name: str, bit_depth: int | None = None) -> Image.Image:
-    """An uploaded file's bytes as an RGB PIL image, as `load_image` reads files; `name` labels errors."""
+def decode_image(data: bytes, name: str, bit_depth: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """An uploaded file's bytes as an RGB PIL image, as `load_image` reads files; `name` labels errors.
+
+    With `max_pixels`, a larger image raises `ImageTooLargeError` from its header, before any pixel is decoded.
+    """
     if not data:
         raise ImageLoadError(f"{name}: empty file")
+    if max_pixels is not None:
+        width, height = _header_size(io.BytesIO(data), name)
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"{name}: {width} x {height} pixels ({width * height / 1e6:.1f} MP) is more "
+                                     f"than the {max_pixels / 1e6:g} MP allowed")
     return _decode(io.BytesIO(data), name, bit_depth)
 
 
@@ -51,16 +59,20 @@ def read_image_size(source: ImageInput) -> tuple[int, int]:
     if isinstance(source, np.ndarray):
         return source.shape[1], source.shape[0]
     path = Path(source)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    return _header_size(path, str(path))
+
+
+def _header_size(file: Path | io.BytesIO, name: str) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)  # EXIF orientation: 5-8 turn the image by 90 degrees
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: no such file") from None
     except UnidentifiedImageError as error:
-        raise ImageLoadError(f"{path}: not a readable image (no known image format)") from error
+        raise ImageLoadError(f"{name}: not a readable image (no known image format)") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"{path}: not a readable image ({error})") from error
+        raise ImageLoadError(f"{name}: not a readable image ({error})") from error
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 

@@ -53,6 +53,21 @@ def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.where(np.asarray(mask), np.asarray(values), np.nan)
 
 
+def _shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    if max_side is None or max(size) <= max_side:
+        return size
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def preview_png(image: Image.Image, max_side: int | None = DEFAULT_HEATMAP_SIDE) -> bytes:
+    """The image as the model saw it (orientation, bit depth) as PNG bytes, at most `max_side` on its longer
+    side: browsers show neither TIFF nor 16-bit files."""
+    buffer = io.BytesIO()
+    image.convert("RGB").resize(_shrunk_size(image.size, max_side), Image.BILINEAR).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5,
             max_side: int | None = DEFAULT_HEATMAP_SIDE) -> Image.Image:
     """Blend the colourised map over the image (the map must have the image's size), shrunk to at most
@@ -60,9 +75,8 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: floa
     if anomaly_map.shape != (image.height, image.width):
         raise ValueError(f"map shape {anomaly_map.shape} differs from image size {(image.height, image.width)}")
     image = image.convert("RGB")
-    if max_side is not None and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    size = _shrunk_size(image.size, max_side)
+    if size != image.size:
         image, anomaly_map = image.resize(size, Image.BILINEAR), _resize_map(anomaly_map, size)
     inspected = np.isfinite(anomaly_map)
     heat = Image.fromarray(colorize(np.where(inspected, anomaly_map, vmin), vmin, vmax))
