@@ -68,7 +68,12 @@ def _header_size(file: Path | io.BytesIO, name: str) -> tuple[int, int]:
     try:
         with Image.open(file) as image:
             width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)  # EXIF orientation: 5-8 turn the image by 90 degrees
+            # Pillow reads a PNG's EXIF by decoding the whole image when the chunk is not before the pixels:
+            # a header check must not cost a decode (an 84 MP PNG is 250 MB), and PNGs rarely carry a rotation.
+            if image.format == "PNG" and "exif" not in image.info:
+                orientation = 1
+            else:
+                orientation = image.getexif().get(0x0112, 1)  # EXIF orientation: 5-8 turn the image by 90 degrees
     except UnidentifiedImageError as error:
         raise ImageLoadError(f"{name}: not a readable image (no known image format)") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
