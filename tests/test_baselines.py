@@ -56,9 +56,9 @@ def test_padim_from_one_image_uses_the_epsilon_covariance(train_crops) -> None:
 def test_spade_image_score_is_the_mean_distance_to_the_nearest_training_images(train_crops) -> None:
     spade = Spade(n_nearest_images=3, holdout_fraction=0.0).fit(train_crops[:8])
     # A training image's nearest training image is itself (distance 0), then two others.
-    batch = torch.stack([spade.preprocessor_(load_image(train_crops[0]))])
+    batch = torch.stack([spade.preprocessor_(load_image(train_crops[0]))]).to(spade.device_)
     _, pooled = spade.extractor_.forward_with_global(batch)
-    distances = np.linalg.norm(spade.train_global_features_ - pooled.numpy(), axis=1)
+    distances = np.linalg.norm(spade.train_global_features_ - pooled.cpu().numpy(), axis=1)
     expected = np.sort(distances)[:3].mean()
     assert spade.score_samples([train_crops[0]])[0] == pytest.approx(expected, rel=1e-4)
 

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from patchcore.backbones import load_backbone
 from patchcore.core.features import FeatureExtractor, channel_pooling_matrix
+from patchcore.io.images import load_image
 
 
 @pytest.mark.parametrize("in_channels,out_channels", [(1024, 512), (120, 48), (48, 84), (7, 7), (10, 3)])
@@ -95,3 +96,16 @@ def test_folded_batch_norms_leave_the_features_unchanged(name: str) -> None:
         for (_, plain), (_, folded) in zip(reference.stages(), fused.stages()):
             expected, got = plain(expected), folded(got)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_reduced_precision_features_stay_close_to_float32(train_crops) -> None:
+    from patchcore.core.patchcore import PatchCore
+
+    model = PatchCore(image_size=128, coreset_ratio=0.05, precision="bfloat16").fit(train_crops[:4])
+    batch = torch.stack([model.preprocessor_(load_image(train_crops[5]))]).to(model.device_)
+    reduced = model.extractor_(batch)
+    model.extractor_.autocast_dtype = None
+    full = model.extractor_(batch)
+    assert reduced.dtype == torch.float32
+    relative = float((reduced - full).norm() / full.norm())
+    assert 1e-6 < relative < 0.05, relative  # bfloat16 keeps ~3 significant digits: close, not identical

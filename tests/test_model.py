@@ -132,3 +132,14 @@ def test_a_model_fitted_at_a_width_x_height_size_loads_again(train_crops, defect
     loaded = PatchCore.load(tmp_path / "model")
     assert loaded.image_size == (128, 96)
     assert loaded.predict([defect_crop[0]])[0].score == model.predict([defect_crop[0]])[0].score
+
+
+def test_decoding_in_threads_gives_the_same_scores_in_the_same_order(fitted_model, image_folder: Path) -> None:
+    files = sorted(image_folder.glob("*.png"))
+    inline = fitted_model.score_samples(files)
+    fitted_model.loader_threads = 3
+    try:
+        threaded = fitted_model.score_samples(files)
+    finally:
+        fitted_model.loader_threads = None
+    np.testing.assert_array_equal(threaded, inline)

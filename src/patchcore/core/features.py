@@ -67,6 +67,7 @@ class FeatureExtractor(nn.Module):
         self.global_layer = global_layer
         self.patch_size = patch_size
         self.stride = stride
+        self.autocast_dtype: torch.dtype | None = None  # set by the detector from its `precision`
         channels, finest_stride = self._probe()
         # Pixels per patch-grid cell: the finest tap's stride times the patch stride (Eq. 3).
         self.grid_stride = finest_stride * stride
@@ -101,16 +102,24 @@ class FeatureExtractor(nn.Module):
                 taps[name] = x
         return taps
 
+    def _autocast_taps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The taps, computed in `autocast_dtype` when set (reduced-precision convolutions), returned float32."""
+        if self.autocast_dtype is None:
+            return self._taps(images)
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+            taps = self._taps(images)
+        return {name: tap.float() for name, tap in taps.items()}
+
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._patch_features(self._taps(images))
+        return self._patch_features(self._autocast_taps(images))
 
     @torch.inference_mode()
     def forward_with_global(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(patch features (B, h, w, D), global average of `global_layer` (B, C)) from one forward pass."""
         if self.global_layer is None:
             raise ValueError("this feature extractor was built without a global_layer")
-        taps = self._taps(images)
+        taps = self._autocast_taps(images)
         return self._patch_features(taps), taps[self.global_layer].mean(dim=(2, 3))
 
     def _patch_features(self, taps: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,8 @@ from patchcore.core.sampling import SAMPLERS, coreset_size, greedy_coreset, lear
 from patchcore.core.scoring import image_scores
 from patchcore.io.images import ImageInput, collect_images, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
-from patchcore.search import INDEX_KINDS, NearestNeighbourIndex, describe_index, make_index
+from patchcore.search import (AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, TorchIndex, describe_index, make_index,
+                              resolve_index_kind)
 
 RAW = "raw"
 
@@ -49,8 +50,9 @@ class PatchCore(Detector):
     coreset_ratio: float = param(0.1, "Share of patches kept in the memory bank.")
     projection_dim: int = param(128, "Dimension of the random projection the greedy coreset searches in.")
     index: str | NearestNeighbourIndex = param(
-        "ivf", "Nearest-neighbour search: ivf (codes in the visited cells, best candidates re-ranked exactly), "
-               "exact, ivfflat, ivfpq, hnsw; in the API also an index instance, e.g. IVFIndex(n_probe=16).",
+        AUTO_INDEX, "Nearest-neighbour search: auto (torch on CUDA, ivf on CPU), ivf (faiss: codes in the visited "
+                    "cells, best candidates re-ranked exactly), torch (exact, in torch on the model's device), exact "
+                    "(faiss), ivfflat, ivfpq, hnsw; in the API also an index instance, e.g. IVFIndex(n_probe=16).",
         parse=str)
     reweight: bool = param(True, "Eq. 7 score reweighting.")
     num_neighbours: int = param(9, "b of Eq. 7 (1: no reweighting).")
@@ -73,8 +75,8 @@ class PatchCore(Detector):
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {(*SAMPLERS, NO_SAMPLING)}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if not isinstance(self.index, NearestNeighbourIndex) and self.index not in INDEX_KINDS:
-            raise ValueError(f"unknown index {self.index!r}; choose from {', '.join(INDEX_KINDS)}")
+        if not isinstance(self.index, NearestNeighbourIndex) and self.index not in (AUTO_INDEX, *INDEX_KINDS):
+            raise ValueError(f"unknown index {self.index!r}; choose from {', '.join((AUTO_INDEX, *INDEX_KINDS))}")
         if not (self.feature_dim is None or self.feature_dim == RAW
                 or (isinstance(self.feature_dim, int) and self.feature_dim >= 1)):
             raise ValueError(f"feature_dim must be a positive integer, 'raw' or None, got {self.feature_dim!r}")
@@ -163,7 +165,7 @@ class PatchCore(Detector):
         first = 0
         for chunk, pictures in self._picture_chunks(items, "features"):
             for entries, batch in self._network_batches(pictures):
-                features = self.extractor_(batch).float().cpu()
+                features = self.extractor_(batch).float()
                 for (i, tile), grid in zip(entries, features):
                     top, bottom, left, right = tile.core
                     core = grid[top:bottom, left:right]
@@ -174,11 +176,17 @@ class PatchCore(Detector):
     def _set_bank(self, bank: np.ndarray, index_state: np.ndarray | None = None) -> None:
         """The bank and its search index: fitted, or restored from a saved state without training again."""
         self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
-        index = clone(self.index) if isinstance(self.index, NearestNeighbourIndex) else make_index(self.index)
-        if index_state is None:
-            self.index_ = index.fit(self.memory_bank_)
+        if isinstance(self.index, NearestNeighbourIndex):
+            index = clone(self.index)
+        else:
+            index = make_index(resolve_index_kind(self.index, self.device_))
+        if index_state is None or not index.saves_state:  # 'auto' saved on a CPU may load on a GPU: rebuilt
+            self.index_ = index.fit(self.memory_bank_).to(self.device_)
         else:
             self.index_ = index.restore(index_state, self.memory_bank_.shape[1])
+        # Eq. 7 reads bank rows where the search runs; a torch index already holds the bank there.
+        self._bank_tensor = (self.index_.bank_ if isinstance(self.index_, TorchIndex)
+                             else torch.from_numpy(self.memory_bank_).to(self.device_))
 
     def _subsample(self, patches: np.ndarray) -> np.ndarray | None:
         """Indices of the patches the bank keeps (None: all of them), or for learned proxies, which are
@@ -198,16 +206,17 @@ class PatchCore(Detector):
         folds = min(self.threshold_folds, len(items))
         if folds < 2 or self._bank_origins is None:  # learned proxies come from no one image: nothing to leave out
             return super()._cross_fit_nominal(items)
-        full_bank, full_index, origins = self.memory_bank_, self.index_, self._bank_origins
+        full = self.memory_bank_, self.index_, self._bank_tensor
+        origins = self._bank_origins
         bounds = np.linspace(0, len(items), folds + 1).round().astype(int)
         predictions = []
         try:
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 keep = (origins < start) | (origins >= stop)
-                self._set_bank(full_bank[keep])
+                self._set_bank(full[0][keep])
                 predictions += list(self.iter_predict(items[start:stop]))
         finally:
-            self.memory_bank_, self.index_ = full_bank, full_index
+            self.memory_bank_, self.index_, self._bank_tensor = full
         self._fit_nominal_statistics(predictions)
         return f"cross-fit over {folds} folds of the training images"
 
@@ -224,10 +233,13 @@ class PatchCore(Detector):
         worst patch of each picture kept; then Eq. 7 on that patch."""
         preprocessor = self.preprocessor_
         sizes = [picture.size for picture in pictures]
-        grids = [torch.zeros(preprocessor.grid_size(preprocessor.network_size(size))) for size in sizes]
-        worst: list[tuple[float, torch.Tensor | None, int]] = [(-np.inf, None, -1)] * len(pictures)
+        # Everything stays on the model's device (features, search, Eq. 7, maps): only scores and maps leave it.
+        grids = [torch.zeros(preprocessor.grid_size(preprocessor.network_size(size)), device=self.device_)
+                 for size in sizes]
+        # Each tile's worst patch (score, feature, nearest row), chosen per picture at the end: no device sync per tile.
+        tile_worst: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in pictures]
         for entries, batch in self._network_batches(pictures):
-            features = self.extractor_(batch).float().cpu()
+            features = self.extractor_(batch).float()
             cores = [grid[t.core[0] : t.core[1], t.core[2] : t.core[3]] for (_, t), grid in zip(entries, features)]
             dim = features.shape[-1]
             distances, nearest = self.index_.search_tensor(torch.cat([c.reshape(-1, dim) for c in cores]), k=1)
@@ -239,22 +251,28 @@ class PatchCore(Detector):
                 offset += rows * columns
                 inside = self._inside(sizes[i], tile.place, (rows, columns))
                 if inside is not None:  # outside the region: not inspected, 0 on the grid, never the worst
-                    patch_scores = torch.where(inside.reshape(-1), patch_scores, torch.zeros_like(patch_scores))
-                    candidates = torch.where(inside.reshape(-1), patch_scores, torch.full_like(patch_scores, -np.inf))
+                    if not inside.any():
+                        continue
+                    inside = inside.reshape(-1).to(patch_scores.device)
+                    patch_scores = torch.where(inside, patch_scores, torch.zeros_like(patch_scores))
+                    candidates = torch.where(inside, patch_scores, torch.full_like(patch_scores, -np.inf))
                 else:
                     candidates = patch_scores
                 top, left = tile.place
                 grids[i][top : top + rows, left : left + columns] = patch_scores.reshape(rows, columns)
-                best = int(candidates.argmax())
-                if float(candidates[best]) > worst[i][0]:
-                    worst[i] = (float(candidates[best]), core.reshape(-1, dim)[best], int(found[best]))
-        if any(feature is None for _, feature, _ in worst):
+                best = candidates.argmax()
+                tile_worst[i].append((candidates[best], core.reshape(-1, dim)[best], found[best]))
+        if not all(tile_worst):
             raise ValueError("the region-of-interest mask leaves no patch of this image to inspect")
+        worst = []
+        for tiles in tile_worst:
+            values, worst_features, worst_found = (torch.stack(parts) for parts in zip(*tiles))
+            best = values.argmax()
+            worst.append((values[best], worst_features[best], worst_found[best]))
         scores = image_scores(torch.stack([f for _, f, _ in worst])[:, None],
-                              torch.tensor([[s] for s, _, _ in worst], dtype=torch.float32),
-                              torch.tensor([[n] for _, _, n in worst]),
-                              torch.from_numpy(self.memory_bank_), self.index_.search_tensor,
-                              self.num_neighbours, self.reweight)
+                              torch.stack([s for s, _, _ in worst])[:, None],
+                              torch.stack([n for _, _, n in worst])[:, None],
+                              self._bank_tensor, self.index_.search_tensor, self.num_neighbours, self.reweight)
         return list(zip(scores.tolist(), grids))
 
     def _to_original(self, grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

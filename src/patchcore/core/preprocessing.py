@@ -197,7 +197,7 @@ class Preprocessor:
         network_w, network_h = self.network_size(size)
         rows = map_operator(grid.shape[0], bottom - top, float(blur_sigma) * (bottom - top) / network_h)
         columns = map_operator(grid.shape[1], right - left, float(blur_sigma) * (right - left) / network_w)
-        region = anomaly_maps(grid[None].float().cpu(), rows, columns)[0].numpy()
+        region = anomaly_maps(grid[None].float(), rows, columns)[0].cpu().numpy()  # on the grid's device
         if (left, top, right, bottom) == (0, 0, *size):
             return region
         full = np.full((size[1], size[0]), np.nan, dtype=np.float32)

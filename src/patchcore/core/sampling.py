@@ -115,20 +115,64 @@ def _update_min_squared(
     min_squared[centres] = -1.0
 
 
-def _greedy_loop(points: torch.Tensor, n_select: int, start: int, bar: tqdm) -> np.ndarray:
-    """The plain greedy loop, one mat-vec per pick: on a GPU these are cheap."""
+def _greedy_loop(points: torch.Tensor, n_select: int, start: int, bar: tqdm, steps_per_graph: int = 256) -> np.ndarray:
+    """The plain greedy loop, one mat-vec per pick, for GPUs: bound by reading the points once per pick.
+
+    Nothing leaves the device until the end (the current pick and the picks so far are device tensors,
+    so no pick waits for the host), and on CUDA `steps_per_graph` picks are captured once as a CUDA
+    graph and replayed, so launching the ~6 small kernels of a pick costs one launch per graph.
+    """
+    device = points.device
     squared_norms = (points * points).sum(1)
-    min_squared = torch.full((len(points),), float("inf"), device=points.device)
-    selected = np.empty(n_select, dtype=np.int64)
-    current = start
-    for step in range(n_select):
-        selected[step] = current
-        squared = squared_norms - 2.0 * (points @ points[current]) + squared_norms[current]
+    min_squared = torch.full((len(points),), float("inf"), device=device)
+    selected = torch.empty(n_select, dtype=torch.int64, device=device)
+    current = torch.tensor(start, device=device)
+    step = torch.zeros((), dtype=torch.int64, device=device)
+
+    def pick() -> None:
+        selected.index_copy_(0, step[None], current[None])
+        centre = points.index_select(0, current[None])[0]
+        squared = torch.addmv(squared_norms, points, centre, alpha=-2.0).add_(squared_norms.index_select(0, current[None]))
         torch.minimum(min_squared, squared, out=min_squared)
-        min_squared[current] = -1.0
-        current = int(min_squared.argmax())
-        bar.update(1)
-    return selected
+        min_squared.index_fill_(0, current[None], -1.0)
+        current.copy_(min_squared.argmax())
+        step.add_(1)
+
+    done, graph = 0, None
+    if device.type == "cuda" and n_select > 2 * steps_per_graph:
+        for _ in range(3):  # real picks that also warm up the libraries before capture
+            pick()
+        done = 3
+        graph = _captured(pick, steps_per_graph)
+        if graph is not None:
+            done += steps_per_graph  # the replay after capture made these picks
+    bar.update(done)
+    if graph is not None:
+        while done + steps_per_graph <= n_select:
+            graph.replay()
+            done += steps_per_graph
+            bar.update(steps_per_graph)
+    for _ in range(n_select - done):
+        pick()
+    bar.update(n_select - done)
+    return selected.cpu().numpy()
+
+
+def _captured(steps, repeats: int):
+    """`steps` run `repeats` times, recorded as one CUDA graph (the recording runs them once); None if
+    this torch or driver cannot capture."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(repeats):
+                steps()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph.replay()  # capture records without running: this replay performs the captured picks
+        return graph
+    except RuntimeError:
+        return None
 
 
 def random_subsample(n_total: int, n_select: int, seed: int = 0) -> np.ndarray:
