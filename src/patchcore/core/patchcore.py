@@ -165,7 +165,7 @@ class PatchCore(Detector):
         first = 0
         for chunk, pictures in self._picture_chunks(items, "features"):
             for entries, batch in self._network_batches(pictures):
-                features = self.extractor_(batch).float()
+                features = self.extractor_(batch).float().cpu()  # bank rows live in host memory
                 for (i, tile), grid in zip(entries, features):
                     top, bottom, left, right = tile.core
                     core = grid[top:bottom, left:right]
