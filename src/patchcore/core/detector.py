@@ -65,8 +65,10 @@ class Prediction:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The torch device a name means (None: CUDA when present), with its index: 'cuda' is 'cuda:N' of the
+    current GPU, so it compares equal to the device tensors report."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except RuntimeError:  # torch's message lists two dozen device types this package never runs on
@@ -75,6 +77,8 @@ def resolve_device(device: str | None) -> torch.device:
         raise ValueError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 
