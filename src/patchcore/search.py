@@ -315,7 +315,6 @@ class TorchIVFIndex(NearestNeighbourIndex):
     n_lists: int | None = param(None, _N_LISTS)
     n_probe: int = param(8, _N_PROBE)
     kmeans_iterations: int = param(10, "torch_ivf: Lloyd iterations of the k-means that makes the cells.")
-    seed: int = param(0, "torch_ivf: seed of the k-means start.")
 
     def fit(self, bank: np.ndarray) -> "TorchIVFIndex":
         """Keep the bank; the cells are made where the index is first placed (`to`) or searched."""
@@ -334,7 +333,7 @@ class TorchIVFIndex(NearestNeighbourIndex):
     def _make_cells(self, bank: torch.Tensor) -> None:
         n_total = len(bank)
         n_lists = self.n_lists_ = min(self.n_lists or _ivf_lists(n_total), n_total)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(0)  # fixed, as faiss's k-means: the same bank, the same cells
         centroids = bank[torch.randperm(n_total, generator=generator)[:n_lists].to(bank.device)].clone()
         for _ in range(self.kmeans_iterations):
             cells = self._nearest_cells(bank, centroids, 1)[:, 0]
