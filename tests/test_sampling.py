@@ -108,3 +108,20 @@ def test_cuda_coreset_covers_as_well_as_the_cpu_one() -> None:
     # Float rounding differs between the devices, so near-ties may go the other way: the picks then
     # differ, but the radius Algorithm 1 minimises may not grow by more than 1 %.
     assert covering_radius(on_gpu) <= 1.01 * covering_radius(on_cpu)
+
+
+def test_extending_a_coreset_picks_what_the_plain_continued_loop_picks(points: np.ndarray) -> None:
+    from patchcore.core.sampling import extend_coreset
+
+    bank, new = points[:200], points[200:]
+    to_bank = np.sqrt(((new[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
+    # The plain rule: pick the farthest new point from everything chosen, until all are within the radius.
+    radius, nearest, expected = np.quantile(to_bank, 0.9), to_bank.copy(), []
+    while nearest.max() > radius and len(expected) < 1000:
+        best = int(nearest.argmax())
+        expected.append(best)
+        nearest = np.minimum(nearest, np.sqrt(((new - new[best]) ** 2).sum(-1)))
+    picked = extend_coreset(new, to_bank, 1000, radius)
+    assert 0 < len(picked) < 1000 and set(picked.tolist()) == set(expected)
+    assert len(extend_coreset(new, to_bank, 10, radius)) == 10  # the cap holds
+    assert len(extend_coreset(new, to_bank, 150, float(to_bank.max()))) == 0  # all covered: nothing added

@@ -100,3 +100,17 @@ def test_a_dropped_folder_is_walked_to_its_files(page) -> None:
         return (await filesOf(tree)).map(f => f.webkitRelativePath);
     }""")
     assert names == ["line1/a.png", "line1/cam2/b.tif"]
+
+
+def test_a_flagged_image_can_be_marked_good_and_lands_in_the_feedback_folder(page, defect_crop, tmp_path: Path) -> None:
+    defect_file = tmp_path / "flagged.png"
+    Image.fromarray(defect_crop[0]).save(defect_file)
+    page.set_input_files("#file-input", str(defect_file))
+    card = page.locator(".result-card[data-decision='defect']")
+    card.wait_for(timeout=60_000)
+    button = card.locator("button.feedback")
+    assert button.is_visible()
+    button.click()
+    page.wait_for_function("document.querySelector('button.feedback').textContent.startsWith('Kept as good')",
+                           timeout=30_000)
+    assert "--from-feedback" in button.inner_text()

@@ -1,4 +1,4 @@
-"""The `patchcore` command line: fit, predict, evaluate, serve, export, experiments, datasets, demo.
+"""The `patchcore` command line: fit, predict, update, versions, rollback, monitor, evaluate, serve, export, experiments, datasets, demo.
 
 Model options are not written here: they are generated from the estimators' declared parameters
 (`patchcore.params`) when a command first needs them, so a new hyper-parameter is one edit and
@@ -453,13 +453,19 @@ def experiment(name: str, root: Path, categories: str | None, out_dir: Path, bac
               help="Seconds a client may pause while sending its upload before getting 408.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="'info' logs every request (access log); 'warning' only problems.")
+@click.option("--reload-interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds between looks for new versions of the model directories (0: never reload).")
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
-          max_megapixels: float, body_timeout: float, log_level: str, device: str | None) -> None:
+          max_megapixels: float, body_timeout: float, log_level: str, reload_interval: float,
+          device: str | None) -> None:
     """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
 
-    POST /predict?model=NAME with an image file; GET /health, /models, /model?model=NAME, /docs
-    (served offline; the schema is /openapi.json); the web page is at /.
+    POST /predict?model=NAME with an image file; POST /feedback?model=NAME with a falsely flagged good
+    image; GET /health, /metrics (Prometheus), /models, /model?model=NAME, /feedback, /docs (served
+    offline; the schema is /openapi.json); the web page is at /. New versions written to a model
+    directory (`patchcore update`, `rollback`, `fit`) are loaded and swapped in between requests.
     """
+    import logging
     import socket
 
     import uvicorn
@@ -479,8 +485,9 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
     except ValueError as error:
         listening.close()
         raise click.UsageError(str(error)) from error
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")  # as uvicorn's lines
     app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
-                     body_timeout=body_timeout, max_megapixels=max_megapixels)
+                     body_timeout=body_timeout, max_megapixels=max_megapixels, reload_interval=reload_interval)
     click.echo(f"serving {', '.join(loaded)} on http://{host}:{port}/")
     # Idle keep-alive connections are closed after 5 s; at most 64 requests are in flight at once.
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=64)
@@ -514,6 +521,94 @@ def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_
         score_gap, map_gap = check_against_pytorch(model, path)
         click.echo(f"onnxruntime vs. PyTorch on random inputs: largest score difference {score_gap:.2e}, "
                    f"largest map difference {map_gap:.2e}")
+
+
+@_command(main, declared_names=("device",))
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--from-feedback", is_flag=True, help="Also add the images operators marked as good (MODEL_DIR/feedback).")
+@click.option("--keep", type=click.IntRange(min=0), default=5, show_default=True, help="Earlier versions kept.")
+def update(model_dir: Path, images: tuple[Path, ...], from_feedback: bool, keep: int, device: str | None) -> None:
+    """Add good IMAGES (files or folders) to the PatchCore model in MODEL_DIR without refitting: new patches
+    join the bank where it does not already cover them, the threshold takes their nominal scores, and the
+    model before the update is kept as a version (`patchcore versions`, `patchcore rollback`)."""
+    from patchcore.core.patchcore import PatchCore
+    from patchcore.io.images import collect_images
+    from patchcore.io.persistence import FEEDBACK
+    from patchcore.methods import load_model
+
+    files = collect_images(list(images)) if images else []
+    feedback = sorted((model_dir / FEEDBACK).glob("*")) if from_feedback else []
+    if from_feedback:
+        feedback = readable_images([f for f in feedback if f.is_file()], skip_bad=True) if feedback else []
+    if not files and not feedback:
+        raise click.UsageError("nothing to add: give IMAGES, or --from-feedback with images in the feedback folder")
+    model = load_model(model_dir, device=device)
+    if not isinstance(model, PatchCore):
+        raise click.UsageError(f"{model_dir}: only PatchCore models update without a refit, not {model.method}")
+    model.progress = True
+    before = model.memory_bank_.shape[0], model.decision_threshold()
+    model.partial_fit([*files, *feedback])
+    if feedback:
+        model.change_["from_feedback"] = [f.name for f in feedback]
+    model.save(model_dir, keep_versions=keep)
+    for file in feedback:  # applied: the saved version lists them
+        (model_dir / FEEDBACK / file.name).unlink(missing_ok=True)
+    change = model.manifest_["change"]
+    click.echo(f"version {model.manifest_['version']}: added {change['images_added']} images"
+               f"{f' ({len(feedback)} from feedback)' if feedback else ''}, {change['images_held_out']} held out; "
+               f"bank {before[0]} -> {model.memory_bank_.shape[0]} rows")
+    if before[1] is not None and model.decision_threshold() is not None:
+        click.echo(f"threshold {before[1].value:.4f} -> {model.decision_threshold().value:.4f}")
+    echo_threshold(model)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+def versions(model_dir: Path) -> None:
+    """List the versions of the model in MODEL_DIR: the current one and those kept."""
+    from patchcore.io.persistence import list_versions
+
+    for entry in list_versions(model_dir):
+        change = entry["change"] or {}
+        what = ", ".join(f"{key} {value}" for key, value in change.items() if key != "action")
+        click.echo(f"{'*' if entry['current'] else ' '} {entry['version']:>3}  {entry['created']}  "
+                   f"{change.get('action', 'save'):<8} {what}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("version", type=int)
+@click.option("--keep", type=click.IntRange(min=0), default=5, show_default=True, help="Earlier versions kept.")
+def rollback(model_dir: Path, version: int, keep: int) -> None:
+    """Make kept VERSION the current model of MODEL_DIR again (verified first; the replaced one is kept)."""
+    from patchcore.io.persistence import rollback as roll_back
+
+    new = roll_back(model_dir, version, keep_versions=keep)
+    click.echo(f"version {new} of {model_dir} is version {version}'s model")
+
+
+@_command(main, declared_names=("device",))
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+def monitor(model_dir: Path, images: tuple[Path, ...], device: str | None) -> None:
+    """Score a batch of recent IMAGES and compare the scores with the model's nominal ones: drift or not
+    (the same statistics as the service's /metrics and /health). Exits 1 on a drift warning."""
+    from patchcore.methods import load_model
+    from patchcore.monitoring import drift_report
+
+    model = load_model(model_dir, device=device)
+    scores = model.score_samples(list(images))
+    threshold = model.decision_threshold()
+    report = drift_report(model.nominal_scores_, scores, None if threshold is None else threshold.value,
+                          model.false_alarm_rate)
+    share = "n/a" if report.share_above_threshold is None else f"{report.share_above_threshold:.1%}"
+    psi = "n/a" if report.psi is None else f"{report.psi:.3f}"
+    click.echo(f"{report.n_recent} images: {share} above the threshold (nominal {model.false_alarm_rate:.1%}), "
+               f"PSI {psi}")
+    click.echo(("DRIFT: " if report.warning else "ok: ") + report.reason)
+    if report.warning:
+        sys.exit(1)
 
 
 @main.command()

@@ -7,22 +7,22 @@ import base64
 import hmac
 import json
 import re
-import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from patchcore import __version__
-from patchcore.core.detector import Detector
+from patchcore.apps.live import ServedModel, ServiceMetrics, VersionWatcher
 from patchcore.errors import ImageLoadError, ImageTooLargeError, PatchCoreError
 from patchcore.io.images import decode_image
 from patchcore.io.visualize import legend_html, overlay_png, preview_png
@@ -32,33 +32,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0
 # Larger images are refused from their header: a 100 KB PNG can hold 84 MP, 250 MB once decoded.
 DEFAULT_MAX_MEGAPIXELS = 40.0
+DEFAULT_RELOAD_INTERVAL = 2.0
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 API_KEY_HEADER = "x-api-key"
-
-
-@dataclass
-class ServedModel:
-    """A model loaded once at start-up; its lock makes concurrent requests take turns on it."""
-
-    name: str
-    model: Detector
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The manifest the model was loaded from, with file paths reduced to file names: the server's
-        folders are nobody's business."""
-        return _without_paths(self.model.manifest_)
-
-
-def _without_paths(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _without_paths(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_paths(item) for item in value]
-    if isinstance(value, str) and re.match(r"^(/|~|[A-Za-z]:[\\/]|\\\\)", value):
-        return re.split(r"[\\/]", value.rstrip("/\\"))[-1]
-    return value
 
 
 def parse_model_argument(argument: str) -> tuple[str, Path]:
@@ -80,7 +56,7 @@ def load_models(arguments: list[str], device: str | None = None) -> dict[str, Se
         name, directory = parse_model_argument(argument)
         if name in served:
             raise ValueError(f"two models are named {name!r}: name them with NAME=DIR")
-        served[name] = ServedModel(name, load_model(directory, device=device))
+        served[name] = ServedModel(name, load_model(directory, device=device), directory=directory, device=device)
     if not served:
         raise ValueError("no model to serve")
     return served
@@ -144,14 +120,42 @@ def create_app(
     api_key: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    reload_interval: float = DEFAULT_RELOAD_INTERVAL,
 ) -> FastAPI:
     """The service for already loaded models; `api_key` (if given) is required on every route but `/`,
-    `/health` and the API docs, in the X-API-Key header. Images over `max_megapixels` get 413 from their header."""
+    `/health`, `/metrics` and the API docs, in the X-API-Key header. Images over `max_megapixels` get 413
+    from their header. Every `reload_interval` seconds (0: never) the model directories are checked for
+    new versions, loaded and swapped in between requests."""
     max_pixels = int(max_megapixels * 1e6)
+    metrics = ServiceMetrics(models)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        watcher = VersionWatcher(models, reload_interval) if reload_interval > 0 else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
     app = FastAPI(title="PatchCore inspection service", version=__version__, docs_url=None, redoc_url=None,
+                  lifespan=lifespan,
                   description="Anomaly scores, good/defect decisions and heatmaps from PatchCore models.")
     _serve_docs_offline(app)
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes, timeout=body_timeout)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):  # outermost: 413s from the body limit are counted too
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.observe_request(request.url.path, 500, time.perf_counter() - started)
+            raise
+        metrics.observe_request(request.url.path, response.status_code, time.perf_counter() - started)
+        return response
     page = files("patchcore.apps").joinpath("web/index.html").read_text(encoding="utf-8")
     page = page.replace("__HEATMAP_LEGEND__", legend_html())
 
@@ -186,7 +190,46 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "version": __version__, "models": sorted(models)}
+        drift = {name: served.drift() for name, served in models.items()}
+        return {"status": "ok", "version": __version__, "models": sorted(models),
+                "model_versions": {name: served.version for name, served in models.items()},
+                "drift_warnings": {name: report.reason for name, report in drift.items() if report.warning}}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus text format: requests by route and status, latency, decisions, normalised scores and
+        drift per model."""
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/feedback", responses={413: {"description": "Upload or image too large"}})
+    def feedback(
+        request: Request,
+        image: UploadFile = File(..., description="An image an operator judged good (a false alarm)"),
+        model: str | None = Query(None, description="Model name; optional when one model is served"),
+    ) -> dict:
+        """Keep a falsely flagged good image in the model's feedback folder; `patchcore update MODEL_DIR
+        --from-feedback` adds such images to the model (the live model is never changed here)."""
+        authorise(request)
+        served = choose(model)
+        name = image.filename or "upload"
+        data = image.file.read()
+        try:
+            decode_image(data, name, served.model.bit_depth, max_pixels=max_pixels)  # only readable images are kept
+        except ImageTooLargeError as error:
+            raise HTTPException(413, str(error)) from error
+        except ImageLoadError as error:
+            raise HTTPException(422, str(error)) from error
+        try:
+            stored = served.store_feedback(data, name)
+        except PatchCoreError as error:
+            raise HTTPException(409, str(error)) from error
+        return {"model": served.name, "stored": stored, "pending": len(served.feedback())}
+
+    @app.get("/feedback")
+    def list_feedback(request: Request, model: str | None = Query(None, description="Model name")) -> dict:
+        authorise(request)
+        served = choose(model)
+        return {"model": served.name, "images": served.feedback()}
 
     @app.get("/models")
     def list_models(request: Request) -> list[dict]:
@@ -218,24 +261,28 @@ def create_app(
         started = time.perf_counter()
         try:
             with served.lock:
-                prediction = served.model.predict([picture])[0]
+                live = served.model  # a reload swaps models only between requests
+                prediction = live.predict([picture])[0]
+                served.recent.append(prediction.score)
         except PatchCoreError as error:
             raise HTTPException(422, f"{name}: {error}") from error
+        metrics.observe_prediction(served.name, prediction.decision, prediction.normalised_score)
         body = {
             "model": served.name,
+            "model_version": int(live.manifest_.get("version", 1)),
             "filename": name,
             "width": picture.width,
             "height": picture.height,
             "score": prediction.score,
             "normalised_score": prediction.normalised_score,
             "threshold": prediction.threshold,
-            "false_alarm_rate": served.model.false_alarm_rate,
+            "false_alarm_rate": live.false_alarm_rate,
             "is_anomalous": prediction.is_anomalous,
             "decision": prediction.decision,
             "seconds": time.perf_counter() - started,
         }
         if overlay:
-            png = overlay_png(picture, prediction.anomaly_map, served.model.nominal_map_range_)
+            png = overlay_png(picture, prediction.anomaly_map, live.nominal_map_range_)
             body["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
         if original:
             body["original_png_base64"] = base64.b64encode(preview_png(picture)).decode("ascii")
@@ -269,6 +316,7 @@ def summary(served: ServedModel) -> dict:
     threshold = served.model.decision_threshold()
     return {
         "name": served.name,
+        "version": served.version,
         "method": served.model.method,
         "backbone": served.model.backbone,
         "n_train_images": served.model.n_train_images_,

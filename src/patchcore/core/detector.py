@@ -29,7 +29,8 @@ from patchcore.core.thresholds import (DEFAULT_FALSE_ALARM_RATE, Threshold, thre
                                        validate_false_alarm_rate)
 from patchcore.errors import ModelFileError, NotFittedError
 from patchcore.io.images import ImageInput, collect_images, load_image, read_image_size
-from patchcore.io.persistence import load_directory, save_directory
+from patchcore.io.persistence import (DEFAULT_KEEP_VERSIONS, MANIFEST_CHECKSUM, load_directory, read_manifest,
+                                      save_directory)
 from patchcore.params import comma_list, param
 
 
@@ -247,6 +248,7 @@ class Detector(BaseEstimator, ABC):
             self._fit_nominal_statistics(list(self.iter_predict(holdout_items)))
         else:
             self.nominal_source_ = self._cross_fit_nominal(train_items)
+        self.change_ = {"action": "fit", "images": len(items)}
         return self
 
     def _cross_fit_nominal(self, items: list[ImageInput]) -> str:
@@ -278,14 +280,20 @@ class Detector(BaseEstimator, ABC):
         """Predictions of good images the model never saw: the scale for heatmaps, thresholds and ensembles."""
         self.nominal_scores_ = np.empty(0)
         self.nominal_map_range_ = None
+        self._add_nominal_statistics(predictions)
+
+    def _add_nominal_statistics(self, predictions: list[Prediction]) -> None:
+        """More nominal predictions (an update's new images): their scores join the threshold's basis; the
+        heatmap range keeps its typical pixel and takes the highest peak."""
         if not predictions:
             return
-        scores, medians, peaks = [], [], []
-        for prediction in predictions:
-            scores.append(prediction.score)
-            medians.append(float(np.nanmedian(prediction.anomaly_map)))
-            peaks.append(float(np.nanmax(prediction.anomaly_map)))
-        self.nominal_scores_ = np.array(scores)
+        scores = [prediction.score for prediction in predictions]
+        medians = [float(np.nanmedian(prediction.anomaly_map)) for prediction in predictions]
+        peaks = [float(np.nanmax(prediction.anomaly_map)) for prediction in predictions]
+        if self.nominal_map_range_ is not None:
+            peaks.append(self.nominal_map_range_[1])
+            medians = [self.nominal_map_range_[0]]
+        self.nominal_scores_ = np.concatenate([self.nominal_scores_, scores])
         self.nominal_map_range_ = (float(np.median(medians)), float(max(peaks)))
 
     def _picture_chunks(self, items: list[ImageInput], desc: str) -> Iterator[tuple[list[ImageInput], list[Image.Image]]]:
@@ -410,13 +418,18 @@ class Detector(BaseEstimator, ABC):
 
     # -- persistence ------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted model as a directory (manifest.json + .npy arrays), atomically."""
+    def save(self, path: str | Path, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> Path:
+        """Write the fitted model as a directory (manifest.json + .npy arrays), atomically. A model already
+        there is kept as `versions/N/` (the newest `keep_versions` of them); the manifest records the
+        version and what changed since the last save (fit, update)."""
         self._check_fitted()
         state, arrays = self._fitted_state()
         manifest = self._manifest(state)
-        saved = save_directory(path, manifest, {"nominal_scores": self.nominal_scores_, **arrays})
-        self.manifest_ = manifest
+        saved = save_directory(path, manifest, {"nominal_scores": self.nominal_scores_, **arrays},
+                               change=self.change_, keep_versions=keep_versions)
+        self.manifest_ = read_manifest(saved)
+        self.manifest_.pop(MANIFEST_CHECKSUM, None)
+        self.change_ = {"action": "save"}  # saved: the next save records only what happens after it
         return saved
 
     def _manifest(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -498,6 +511,7 @@ class Detector(BaseEstimator, ABC):
             model.nominal_map_range_ = tuple(map_range) if map_range else None
             model._restore_state(manifest, arrays)
             model.manifest_ = manifest
+            model.change_ = {"action": "save"}
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{path}: model files do not fit the manifest ({error})") from error
         return model

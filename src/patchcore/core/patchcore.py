@@ -16,7 +16,8 @@ from sklearn.base import clone
 from patchcore.backbones import LoadedBackbone
 from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
-from patchcore.core.sampling import SAMPLERS, coreset_size, greedy_coreset, learned_proxies, random_subsample
+from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
+                                     random_subsample)
 from patchcore.core.scoring import image_scores
 from patchcore.io.images import ImageInput, collect_images, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
@@ -107,20 +108,8 @@ class PatchCore(Detector):
         self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
         self._region_cache: dict[tuple[int, int], np.ndarray] = {}
         self.feature_dim_ = self.extractor_.feature_dim
-        # One array filled tile by tile, its size known from the image headers: the bank is never held twice.
-        total = sum(self._n_patches(read_image_size(item)) for item in items)
-        patches = np.empty((total, self.feature_dim_), dtype=np.float32)
-        # Which training image each row came from (tiles of several images arrive interleaved by size):
-        # the cross-fit leaves a fold's own rows out.
-        origins = np.empty(total, dtype=np.int64)
-        filled = 0
-        for image, rows in self._patch_rows(items):
-            patches[filled : filled + len(rows)] = rows
-            origins[filled : filled + len(rows)] = image
-            filled += len(rows)
-        if filled != total:
-            raise ValueError(f"{filled} patches extracted where the image sizes promised {total}")
-        if total == 0:
+        patches, origins = self._collect_patches(items)
+        if len(patches) == 0:
             raise ValueError("the region-of-interest mask leaves no patch to learn from")
         self.extraction_seconds_ = time.perf_counter() - started
 
@@ -136,6 +125,32 @@ class PatchCore(Detector):
             bank, origins = patches[rows], origins[rows]
         self._bank_origins = origins
         self._set_bank(bank)
+        self.coverage_radius_ = self._coverage_radius(patches)
+
+    def _collect_patches(self, items: list[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+        """Every patch feature of the images (n, D) and the index of the image each came from (n,)."""
+        # One array filled tile by tile, its size known from the image headers: the bank is never held twice.
+        total = sum(self._n_patches(read_image_size(item)) for item in items)
+        patches = np.empty((total, self.feature_dim_), dtype=np.float32)
+        # Which image each row came from (tiles of several images arrive interleaved by size): the
+        # cross-fit leaves a fold's own rows out.
+        origins = np.empty(total, dtype=np.int64)
+        filled = 0
+        for image, rows in self._patch_rows(items):
+            patches[filled : filled + len(rows)] = rows
+            origins[filled : filled + len(rows)] = image
+            filled += len(rows)
+        if filled != total:
+            raise ValueError(f"{filled} patches extracted where the image sizes promised {total}")
+        return patches, origins
+
+    def _coverage_radius(self, patches: np.ndarray, sample: int = 20_000) -> float:
+        """How far the training patches lie from the bank at most (estimated on a seeded sample): the
+        coreset's covering radius, which `partial_fit` keeps for new patches."""
+        if len(patches) > sample:
+            patches = patches[np.random.default_rng(self.seed).choice(len(patches), sample, replace=False)]
+        distances, _ = self.index_.search(patches, 1)
+        return float(distances.max())
 
     def _region(self, size: tuple[int, int]) -> np.ndarray | None:
         """The patch grid's region of interest for an image of `size` (None: every patch)."""
@@ -203,22 +218,66 @@ class PatchCore(Detector):
     def _cross_fit_nominal(self, items: list[ImageInput]) -> str:
         """Nominal scores of every training image: each of `threshold_folds` contiguous runs of images is
         predicted with the bank minus the rows that came from its own images."""
-        folds = min(self.threshold_folds, len(items))
-        if folds < 2 or self._bank_origins is None:  # learned proxies come from no one image: nothing to leave out
+        predictions = self._cross_fit_predictions(items, first=0)
+        if predictions is None:  # learned proxies come from no one image: nothing to leave out
             return super()._cross_fit_nominal(items)
+        self._fit_nominal_statistics(predictions)
+        return f"cross-fit over {min(self.threshold_folds, len(items))} folds of the training images"
+
+    def _cross_fit_predictions(self, items: list[ImageInput], first: int) -> list | None:
+        """Predictions of `items` (bank rows of origin `first` + i), each fold's against the bank without
+        that fold's own rows; None when that cannot be done (one image, or a bank of learned proxies)."""
+        folds = min(self.threshold_folds, len(items))
+        if folds < 2 or self._bank_origins is None:
+            return None
         full = self.memory_bank_, self.index_, self._bank_tensor
         origins = self._bank_origins
-        bounds = np.linspace(0, len(items), folds + 1).round().astype(int)
+        bounds = first + np.linspace(0, len(items), folds + 1).round().astype(int)
         predictions = []
         try:
             for start, stop in zip(bounds[:-1], bounds[1:]):
-                keep = (origins < start) | (origins >= stop)
-                self._set_bank(full[0][keep])
-                predictions += list(self.iter_predict(items[start:stop]))
+                self._set_bank(full[0][(origins < start) | (origins >= stop)])
+                predictions += list(self.iter_predict(items[start - first : stop - first]))
         finally:
             self.memory_bank_, self.index_, self._bank_tensor = full
-        self._fit_nominal_statistics(predictions)
-        return f"cross-fit over {folds} folds of the training images"
+        return predictions
+
+    def partial_fit(self, images: ImageInput | Sequence[ImageInput]) -> "PatchCore":
+        """Add good images to a fitted model without refitting it.
+
+        Their patches continue the greedy coreset with the current bank as the points already chosen: a
+        patch is added only while it lies farther from the bank (and from the patches added before it)
+        than `coverage_radius_`, the distance within which the fit's coreset holds every training patch,
+        and at most `coreset_ratio` of the new patches are added. Old rows are never removed. Nominal
+        scores for the threshold come as in `fit`: a `holdout_fraction` share of the new images held out,
+        or a cross-fit over the new images (each fold against the bank without its own new rows).
+        """
+        self._check_fitted()
+        if self._bank_origins is None:
+            raise ValueError("a bank of learned proxies cannot be extended (they come from no image): refit")
+        items = collect_images(images, training=True)
+        train_items, holdout_items = self._split_holdout(items)
+        first = self.n_train_images_
+        patches, origins = self._collect_patches(train_items)
+        distances, _ = self.index_.search(patches, 1)
+        limit = len(patches) if self.sampler == NO_SAMPLING else coreset_size(len(patches), self.coreset_ratio)
+        added = extend_coreset(patches, distances[:, 0], limit, self.coverage_radius_)
+        self._bank_origins = np.concatenate([self._bank_origins, first + origins[added]])
+        self._set_bank(np.concatenate([self.memory_bank_, patches[added]]))
+        if holdout_items:
+            predictions = list(self.iter_predict(holdout_items))
+        else:
+            predictions = self._cross_fit_predictions(train_items, first) or []
+        self._add_nominal_statistics(predictions)
+        self.n_train_images_ += len(train_items)
+        self.n_patches_seen_ += len(patches)
+        previous = self.change_ if self.change_.get("action") == "update" else {}
+        self.change_ = {"action": "update",
+                        "images_added": previous.get("images_added", 0) + len(train_items),
+                        "images_held_out": previous.get("images_held_out", 0) + len(holdout_items),
+                        "rows_added": previous.get("rows_added", 0) + len(added)}
+        self.rows_added_ = len(added)
+        return self
 
     # -- inference --------------------------------------------------------------------------
 
@@ -285,7 +344,7 @@ class PatchCore(Detector):
     # -- persistence ------------------------------------------------------------------------
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {"n_patches_seen": self.n_patches_seen_}
+        state = {"n_patches_seen": self.n_patches_seen_, "coverage_radius": self.coverage_radius_}
         arrays = {"memory_bank": self.memory_bank_}
         if self.roi_mask_ is not None:
             arrays["roi_mask"] = self.roi_mask_
@@ -317,4 +376,8 @@ class PatchCore(Detector):
         if self.roi_mask_ is not None:
             self.roi_mask = self.roi_mask_  # the mask itself travels with the model, not its original path
         self.n_patches_seen_ = manifest["n_patches_seen"]
+        # Older models did not record it: 0 means partial_fit adds up to coreset_ratio of the new patches.
+        self.coverage_radius_ = float(manifest.get("coverage_radius", 0.0))
+        # Which image each row came from is not saved: every row is an old one to a later partial_fit.
+        self._bank_origins = None if self.sampler == "learned_proxies" else np.full(len(bank), -1, dtype=np.int64)
 

@@ -59,7 +59,8 @@ def greedy_coreset(
         return _greedy_loop(points, n_select, start, bar)
 
 
-def _batched_greedy(points: np.ndarray, n_select: int, start: int, candidates: int, bar: tqdm) -> np.ndarray:
+def _batched_greedy(points: np.ndarray, n_select: int, start: int | None, candidates: int, bar: tqdm,
+                    initial_min_squared: np.ndarray | None = None, stop_squared: float = -np.inf) -> np.ndarray:
     """Exact greedy k-center with the distance updates batched into matrix products.
 
     The plain loop updates every row's min-distance after each pick: a mat-vec per pick, bound by
@@ -68,14 +69,21 @@ def _batched_greedy(points: np.ndarray, n_select: int, start: int, candidates: i
     beats every other row's current (upper-bound) min-distance: then it is the very row the plain
     loop would pick. When it no longer does, all rows are updated at once with one matrix product
     against the centres picked since (BLAS-3, several times faster), and new candidates are drawn.
+
+    To continue an existing coreset, `initial_min_squared` holds each row's squared distance to it and
+    `start` is None; picking stops early once the farthest row is within `stop_squared`.
     """
     n_total = len(points)
     squared_norms = np.einsum("ij,ij->i", points, points)
-    min_squared = np.full(n_total, np.inf, dtype=np.float32)
-    selected = [start]
-    pending = [start]
+    if initial_min_squared is None:
+        min_squared = np.full(n_total, np.inf, dtype=np.float32)
+    else:
+        min_squared = np.array(initial_min_squared, dtype=np.float32)
+    selected = [] if start is None else [start]
+    pending = list(selected)
     while True:
-        _update_min_squared(points, squared_norms, min_squared, np.array(pending))
+        if pending:
+            _update_min_squared(points, squared_norms, min_squared, np.array(pending))
         bar.update(len(pending))
         pending = []
         if len(selected) == n_select:
@@ -92,6 +100,8 @@ def _batched_greedy(points: np.ndarray, n_select: int, start: int, candidates: i
             best = int(candidate_min.argmax())
             if candidate_min[best] < threshold:
                 break  # a row outside the candidates may now be farther: refresh all rows
+            if candidate_min[best] <= stop_squared:  # and so is every other row: all covered
+                return np.array(selected, dtype=np.int64)
             centre = int(chosen[best])
             selected.append(centre)
             pending.append(centre)
@@ -173,6 +183,25 @@ def _captured(steps, repeats: int):
         return graph
     except RuntimeError:
         return None
+
+
+def extend_coreset(
+    candidates: np.ndarray,
+    distance_to_bank: np.ndarray,
+    max_select: int,
+    radius: float,
+) -> np.ndarray:
+    """Greedy k-center continued from an existing bank: indices of `candidates` to add, farthest first.
+
+    `distance_to_bank` holds each candidate's distance to the bank (the points already chosen). Picks
+    stop when every candidate lies within `radius` of the bank and the picks so far (the covering radius
+    the bank was built to), or after `max_select` picks.
+    """
+    initial = np.square(np.asarray(distance_to_bank, dtype=np.float32))
+    points = np.ascontiguousarray(candidates, dtype=np.float32)
+    with tqdm(disable=True) as bar:
+        return _batched_greedy(points, min(max_select, len(points)), None, 256, bar, initial_min_squared=initial,
+                               stop_squared=radius * radius)
 
 
 def random_subsample(n_total: int, n_select: int, seed: int = 0) -> np.ndarray:

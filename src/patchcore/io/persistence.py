@@ -18,19 +18,34 @@ FORMAT_NAME = "patchcore-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_CHECKSUM = "manifest_sha256"
+VERSIONS = "versions"
+FEEDBACK = "feedback"
+DEFAULT_KEEP_VERSIONS = 5
 
 
-def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Write `manifest` and `arrays` as a model directory at `path`, replacing any previous one whole.
+def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray],
+                   change: dict[str, Any] | None = None, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> Path:
+    """Write `manifest` and `arrays` as a model directory at `path`, replacing the current model whole.
 
     Everything is written into a temporary sibling first and renamed into place, so a crash leaves
-    the old model or the new one, never a mix.
+    the old model or the new one, never a mix. The model it replaces is kept as `versions/N/` (at
+    most `keep_versions` of them, hard links: no copy of the arrays), the feedback folder is carried
+    over, and the manifest records `version`, `parent_version` and `change` (what this save did).
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
+    if keep_versions < 0:
+        raise ValueError(f"keep_versions must be >= 0, got {keep_versions}")
+    previous = read_manifest(path) if (path / MANIFEST).is_file() else None
+    parent = None if previous is None else int(previous.get("version", 1))
+    history = [int(v.name) for v in (path / VERSIONS).iterdir() if v.name.isdigit()] if (path / VERSIONS).is_dir() else []
+    manifest = {**manifest, "version": max([parent or 0, *history]) + 1, "parent_version": parent,
+                "change": change or {"action": "save"}}
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        if previous is not None:
+            _carry_history(path, staging, parent, keep_versions)
         files = {}
         for name, array in arrays.items():
             filename = f"{name}.npy"
@@ -52,6 +67,71 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _carry_history(path: Path, staging: Path, parent: int, keep_versions: int) -> None:
+    """Into the staging folder: the kept versions, the model being replaced as `versions/<parent>`, and
+    the feedback folder, all hard-linked (same file system: no bytes copied)."""
+    kept = sorted((int(v.name) for v in (path / VERSIONS).iterdir() if v.name.isdigit()), reverse=True) \
+        if (path / VERSIONS).is_dir() else []
+    for number in [parent, *kept][:keep_versions]:
+        source = path if number == parent else path / VERSIONS / str(number)
+        target = staging / VERSIONS / str(number)
+        target.mkdir(parents=True, exist_ok=True)
+        for file in source.iterdir():
+            if file.is_file():
+                _link_or_copy(file, target / file.name)
+    if (path / FEEDBACK).is_dir():
+        shutil.copytree(path / FEEDBACK, staging / FEEDBACK, copy_function=_link_or_copy)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A model directory's manifest as JSON, unverified (listing, version checks): `load_directory` verifies."""
+    manifest_path = Path(path) / MANIFEST
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{manifest_path}: unreadable manifest ({error})") from error
+
+
+def list_versions(path: str | Path) -> list[dict[str, Any]]:
+    """The current version and the kept ones, newest first: version, parent, change, created, package version."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise ModelFileError(f"{path}: not a saved model directory")
+    folders = [path] + sorted((v for v in (path / VERSIONS).iterdir() if v.name.isdigit()),
+                              key=lambda v: -int(v.name)) if (path / VERSIONS).is_dir() else [path]
+    listed = []
+    for folder in folders:
+        manifest = read_manifest(folder)
+        listed.append({"version": manifest.get("version", 1), "current": folder == path,
+                       "parent_version": manifest.get("parent_version"), "change": manifest.get("change"),
+                       "created": manifest.get("created"), "package_version": manifest.get("package_version"),
+                       "n_train_images": manifest.get("n_train_images")})
+    return listed
+
+
+def rollback(path: str | Path, version: int, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> int:
+    """Make kept version `version` the current model again (verified first; saved as a new version, so the
+    replaced one is kept too). Returns the new version number."""
+    path = Path(path)
+    source = path / VERSIONS / str(version)
+    if not source.is_dir():
+        available = ", ".join(str(v["version"]) for v in list_versions(path) if not v["current"]) or "none"
+        raise ModelFileError(f"{path}: no kept version {version} (kept: {available})")
+    manifest, arrays = load_directory(source)
+    for key in ("format", "format_version", "arrays", "version", "parent_version", "change"):
+        manifest.pop(key, None)
+    save_directory(path, manifest, arrays, change={"action": "rollback", "restored_version": version},
+                   keep_versions=keep_versions)
+    return read_manifest(path)["version"]
 
 
 def remove_leftovers(path: Path) -> None:
