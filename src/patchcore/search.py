@@ -249,7 +249,19 @@ def _largest_divisor_at_most(number: int, limit: int) -> int:
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class TorchIndex(NearestNeighbourIndex):
+class TorchSearchIndex(NearestNeighbourIndex, ABC):
+    """An index held as torch tensors on the model's device: `search_tensor` is its search."""
+
+    @abstractmethod
+    def search_tensor(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        distances, indices = self.search_tensor(torch.from_numpy(self._check_queries(queries)), k)
+        return distances.cpu().numpy(), indices.cpu().numpy()
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
+class TorchIndex(TorchSearchIndex):
     """Exact search in torch with the bank on the model's device (a GPU's memory, when there is one).
 
     Queries are compared with the whole bank in chunks of matrix products (||q||^2 - 2 q.m + ||m||^2),
@@ -280,10 +292,6 @@ class TorchIndex(NearestNeighbourIndex):
         self.half_bank_ = bank.half() if self.first_pass == "float16" else None
         return self
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        distances, indices = self.search_tensor(torch.from_numpy(self._check_queries(queries)), k)
-        return distances.cpu().numpy(), indices.cpu().numpy()
-
     @torch.inference_mode()
     def search_tensor(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         origin = queries.device
@@ -302,7 +310,7 @@ class TorchIndex(NearestNeighbourIndex):
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class TorchIVFIndex(NearestNeighbourIndex):
+class TorchIVFIndex(TorchSearchIndex):
     """Inverted lists in torch, on the model's device: for banks too large to compare every patch with.
 
     k-means (in torch, seeded) cuts the bank into `n_lists` cells, stored contiguously; a query visits its
@@ -354,10 +362,6 @@ class TorchIVFIndex(NearestNeighbourIndex):
         chunk = max(1, TorchIndex.chunk_bytes // (4 * len(centroids)))
         return torch.cat([exact_nearest(queries[s : s + chunk], centroids, norms, k, k)[1]
                           for s in range(0, len(queries), chunk)])
-
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        distances, indices = self.search_tensor(torch.from_numpy(self._check_queries(queries)), k)
-        return distances.cpu().numpy(), indices.cpu().numpy()
 
     @torch.inference_mode()
     def search_tensor(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

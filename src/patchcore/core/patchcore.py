@@ -224,10 +224,11 @@ class PatchCore(Detector):
         self._fit_nominal_statistics(predictions)
         return f"cross-fit over {min(self.threshold_folds, len(items))} folds of the training images"
 
-    def _cross_fit_predictions(self, items: list[ImageInput], first: int) -> list | None:
-        """Predictions of `items` (bank rows of origin `first` + i), each fold's against the bank without
-        that fold's own rows; None when that cannot be done (one image, or a bank of learned proxies)."""
-        folds = min(self.threshold_folds, len(items))
+    def _cross_fit_predictions(self, items: list[ImageInput], first: int, folds: int | None = None) -> list | None:
+        """Predictions of `items` (bank rows of origin `first` + i), each of `folds` (default
+        `threshold_folds`) contiguous runs against the bank without that run's own rows; None when that
+        cannot be done (one image, or a bank of learned proxies)."""
+        folds = min(folds or self.threshold_folds, len(items))
         if folds < 2 or self._bank_origins is None:
             return None
         full = self.memory_bank_, self.index_, self._bank_tensor
@@ -267,7 +268,10 @@ class PatchCore(Detector):
         if holdout_items:
             predictions = list(self.iter_predict(holdout_items))
         else:
-            predictions = self._cross_fit_predictions(train_items, first) or []
+            # Runs as long as the fit's (its images / threshold_folds), so that near-twins among the new
+            # images are left out together, as they were at fit time; at least two.
+            folds = max(2, round(self.threshold_folds * len(train_items) / (first + len(train_items))))
+            predictions = self._cross_fit_predictions(train_items, first, folds) or []
         self._add_nominal_statistics(predictions)
         self.n_train_images_ += len(train_items)
         self.n_patches_seen_ += len(patches)
