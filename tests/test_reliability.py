@@ -45,7 +45,7 @@ def test_a_fit_killed_at_any_moment_leaves_the_previous_model_or_the_new_one(ima
     full_run = time.monotonic() - started
     replacement = PatchCore.load(model_dir).memory_bank_
     subprocess.run([*fit, "--seed", "1"], check=True, capture_output=True)
-    for fraction in (0.3, 0.6, 0.8, 0.9, 0.95, 1.0):
+    for fraction in (0.5, 0.85, 0.95, 1.0):  # most moments near the end, where the save (and versioning) runs
         process = subprocess.Popen([*fit, "--seed", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(full_run * fraction)
         os.kill(process.pid, signal.SIGKILL)

@@ -572,7 +572,7 @@ def versions(model_dir: Path) -> None:
     for entry in list_versions(model_dir):
         change = entry["change"] or {}
         what = ", ".join(f"{key} {value}" for key, value in change.items() if key != "action")
-        click.echo(f"{'*' if entry['current'] else ' '} {entry['version']:>3}  {entry['created']}  "
+        click.echo(f"{'*' if entry['current'] else ' '} {entry['version']:>3}  saved {entry['saved']}  "
                    f"{change.get('action', 'save'):<8} {what}")
 
 

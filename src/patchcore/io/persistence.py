@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
     parent = None if previous is None else int(previous.get("version", 1))
     history = [int(v.name) for v in (path / VERSIONS).iterdir() if v.name.isdigit()] if (path / VERSIONS).is_dir() else []
     manifest = {**manifest, "version": max([parent or 0, *history]) + 1, "parent_version": parent,
-                "change": change or {"action": "save"}}
+                "change": change or {"action": "save"}, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         if previous is not None:
@@ -113,7 +114,8 @@ def list_versions(path: str | Path) -> list[dict[str, Any]]:
         manifest = read_manifest(folder)
         listed.append({"version": manifest.get("version", 1), "current": folder == path,
                        "parent_version": manifest.get("parent_version"), "change": manifest.get("change"),
-                       "created": manifest.get("created"), "package_version": manifest.get("package_version"),
+                       "created": manifest.get("created"), "saved": manifest.get("saved", manifest.get("created")),
+                       "package_version": manifest.get("package_version"),
                        "n_train_images": manifest.get("n_train_images")})
     return listed
 
