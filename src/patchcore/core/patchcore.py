@@ -267,12 +267,16 @@ class PatchCore(Detector):
         self._set_bank(np.concatenate([self.memory_bank_, patches[added]]))
         if holdout_items:
             predictions = list(self.iter_predict(holdout_items))
+            how = "held-out new images"
         else:
             # Runs as long as the fit's (its images / threshold_folds), so that near-twins among the new
             # images are left out together, as they were at fit time; at least two.
             folds = max(2, round(self.threshold_folds * len(train_items) / (first + len(train_items))))
             predictions = self._cross_fit_predictions(train_items, first, folds) or []
+            how = f"cross-fit over {folds} runs of the new images"
         self._add_nominal_statistics(predictions)
+        if predictions:
+            self.nominal_source_ += f"; {len(predictions)} from an update ({how})"
         self.n_train_images_ += len(train_items)
         self.n_patches_seen_ += len(patches)
         previous = self.change_ if self.change_.get("action") == "update" else {}
