@@ -21,7 +21,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import ImageEnhance, ImageFilter
 
 from patchcore import PatchCore
 from patchcore.data.categories import load_category

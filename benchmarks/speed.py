@@ -69,7 +69,7 @@ def main() -> None:
                 image_scores(patches, distances[:, 0].reshape(n, -1), nearest[:, 0].reshape(n, -1), bank,
                              model.index_.search_tensor, model.num_neighbours, model.reweight)
 
-        grids = [grid for _, grid in model._score_pictures(pictures)]
+        grids = [grid for _, grid in model._score_pictures([model._picture(p) for p in pictures])]
 
         def maps() -> None:
             for grid, picture in zip(grids, pictures):

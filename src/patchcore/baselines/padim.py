@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from patchcore.backbones import BackboneSpec, LoadedBackbone
-from patchcore.core.detector import Detector
+from patchcore.core.detector import Detector, Picture
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
 from patchcore.params import documented, param
@@ -75,7 +74,7 @@ class Padim(Detector):
         self.means_ = mean.float().numpy()
         self.inverse_covariances_ = np.ascontiguousarray(torch.linalg.inv(covariance).float().numpy())
 
-    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
         return self._score_whole(pictures, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

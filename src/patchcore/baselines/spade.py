@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from patchcore.backbones import LoadedBackbone
-from patchcore.core.detector import Detector
+from patchcore.core.detector import Detector, Picture
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
 from patchcore.search import ExactIndex
@@ -53,7 +52,7 @@ class Spade(Detector):
         self.train_patch_features_ = np.concatenate(patch_grids)
         self.train_global_features_ = np.concatenate(global_features)
 
-    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
         return self._score_whole(pictures, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,19 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+@dataclass(frozen=True)
+class Picture:
+    """A decoded image and its pixels at the network's working size (resized by whoever decoded it)."""
+
+    image: Image.Image
+    pixels: np.ndarray  # (H, W, 3) uint8 at the working size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The original image's (width, height)."""
+        return self.image.size
+
+
 # `batch_size` counts network inputs of this many pixels: larger inputs go in proportionally smaller batches.
 BATCH_PIXELS = 256 * 256
 # Decoded pictures held at once while predicting, in pixels: bounds memory on camera-sized images.
@@ -151,7 +164,7 @@ class Detector(BaseEstimator, ABC):
         """Build the fitted state from the training images."""
 
     @abstractmethod
-    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
         """(image score, patch-score grid over the network input) of each picture."""
 
     def _tile_size(self) -> int | None:
@@ -296,17 +309,17 @@ class Detector(BaseEstimator, ABC):
         self.nominal_scores_ = np.concatenate([self.nominal_scores_, scores])
         self.nominal_map_range_ = (float(np.median(medians)), float(max(peaks)))
 
-    def _picture_chunks(self, items: list[ImageInput], desc: str) -> Iterator[tuple[list[ImageInput], list[Image.Image]]]:
-        """Items decoded a chunk at a time (`batch_size` images, fewer when they are large), with one
-        progress bar over all of them."""
+    def _picture_chunks(self, items: list[ImageInput], desc: str) -> Iterator[tuple[list[ImageInput], list[Picture]]]:
+        """Items decoded and resized a chunk at a time (`batch_size` images, fewer when they are large),
+        with one progress bar over all of them."""
         chunk: list[ImageInput] = []
-        pictures: list[Image.Image] = []
+        pictures: list[Picture] = []
         pixels = 0
         with tqdm(total=len(items), desc=desc, unit="image", disable=not self.progress, leave=False) as bar:
             for item, picture in zip(items, self._decoded(items)):
                 chunk.append(item)
                 pictures.append(picture)
-                pixels += picture.width * picture.height
+                pixels += picture.size[0] * picture.size[1]
                 if len(chunk) >= self.batch_size or pixels >= CHUNK_PIXELS:
                     yield chunk, pictures
                     bar.update(len(chunk))
@@ -315,31 +328,35 @@ class Detector(BaseEstimator, ABC):
                 yield chunk, pictures
                 bar.update(len(chunk))
 
-    def _decoded(self, items: list[ImageInput]) -> Iterator[Image.Image]:
-        """The items decoded in order, by `loader_threads` threads working a bounded way ahead (Pillow
-        decodes without holding the GIL), or inline."""
+    def _picture(self, item: ImageInput) -> Picture:
+        image = load_image(item, self.bit_depth)
+        return Picture(image, self.preprocessor_.network_pixels(image))
+
+    def _decoded(self, items: list[ImageInput]) -> Iterator[Picture]:
+        """The items decoded and resized to the working size in order, by `loader_threads` threads working
+        a bounded way ahead (Pillow decodes and resizes without holding the GIL), or inline."""
         threads = self.loader_threads
         if threads is None:
             threads = min(8, os.cpu_count() or 1) if self.device_.type == "cuda" else 0
         if threads == 0:
-            yield from (load_image(item, self.bit_depth) for item in items)
+            yield from (self._picture(item) for item in items)
             return
         with ThreadPoolExecutor(threads, thread_name_prefix="patchcore-decode") as pool:
             ahead: deque = deque()
             queued = iter(items)
             for item in itertools.islice(queued, 2 * threads + self.batch_size):
-                ahead.append(pool.submit(load_image, item, self.bit_depth))
+                ahead.append(pool.submit(self._picture, item))
             while ahead:
                 picture = ahead.popleft().result()
                 for item in itertools.islice(queued, 1):
-                    ahead.append(pool.submit(load_image, item, self.bit_depth))
+                    ahead.append(pool.submit(self._picture, item))
                 yield picture
 
-    def _network_batches(self, pictures: list[Image.Image]) -> Iterator[tuple[list[tuple[int, Tile]], torch.Tensor]]:
+    def _network_batches(self, pictures: list[Picture]) -> Iterator[tuple[list[tuple[int, Tile]], torch.Tensor]]:
         """The tiles of `pictures` (one per picture when it fits), equal sizes batched together on the device:
         ((picture index, tile) of each batch entry, normalised batch)."""
         preprocessor = self.preprocessor_
-        pixels = [preprocessor.network_pixels(picture) for picture in pictures]
+        pixels = [picture.pixels for picture in pictures]
         jobs = [(i, tile) for i, array in enumerate(pixels) for tile in preprocessor.tiles((array.shape[1], array.shape[0]))]
         jobs.sort(key=lambda job: (job[1].height, job[1].width))  # stable: equal sizes, in picture order
         for (height, width), group in itertools.groupby(jobs, key=lambda job: (job[1].height, job[1].width)):
@@ -357,7 +374,7 @@ class Detector(BaseEstimator, ABC):
             for _, batch in self._network_batches(pictures):
                 yield batch
 
-    def _score_whole(self, pictures: list[Image.Image], score_batch) -> list[tuple[float, torch.Tensor]]:
+    def _score_whole(self, pictures: list[Picture], score_batch) -> list[tuple[float, torch.Tensor]]:
         """`_score_pictures` for methods that score whole network inputs a batch at a time with
         `score_batch(batch) -> (image scores (B,), patch-score grids (B, h, w))`."""
         results: list[tuple[float, torch.Tensor]] = [None] * len(pictures)  # type: ignore[list-item]

@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.base import clone
 
 from patchcore.backbones import LoadedBackbone
-from patchcore.core.detector import Detector
+from patchcore.core.detector import Detector, Picture
 from patchcore.core.features import FeatureExtractor
 from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
                                      random_subsample)
@@ -295,7 +295,7 @@ class PatchCore(Detector):
         return np.concatenate([rows for _, rows in self._patch_rows(collect_images(images))])
 
     @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
-    def _score_pictures(self, pictures: list[Image.Image]) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
         """Patch distances tile by tile into each picture's grid (memory bounded by a batch of tiles), the
         worst patch of each picture kept; then Eq. 7 on that patch."""
         preprocessor = self.preprocessor_
