@@ -41,11 +41,16 @@ def test_fit_on_empty_folder_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "model").exists()
 
 
-def test_fit_on_a_folder_with_a_corrupt_image_names_it(image_folder: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "data"
+def copy_images(source: Path, folder: Path, count: int = 3) -> Path:
+    """The first `count` PNGs of `source`, copied into a new `folder`."""
     folder.mkdir()
-    for path in sorted(image_folder.glob("*.png"))[:3]:
+    for path in sorted(source.glob("*.png"))[:count]:
         (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_fit_on_a_folder_with_a_corrupt_image_names_it(image_folder: Path, tmp_path: Path) -> None:
+    folder = copy_images(image_folder, tmp_path / "data")
     (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     result = run("fit", folder, "--out", tmp_path / "model")
     assert result.exit_code != 0
@@ -103,10 +108,7 @@ def test_an_unknown_device_is_one_clear_line(image_folder: Path, tmp_path: Path)
 
 
 def test_predict_never_scores_its_own_output_folder(image_folder: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted(image_folder.glob("*.png"))[:3]:
-        (folder / path.name).write_bytes(path.read_bytes())
+    folder = copy_images(image_folder, tmp_path / "images")
     assert run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05", "--image-size", "128").exit_code == 0
     for _ in range(2):  # the second run finds the first run's heatmaps inside the folder it scores
         result = run("predict", tmp_path / "model", folder, "--out", folder / "out")

@@ -73,3 +73,10 @@ def drift_report(nominal_scores: np.ndarray, recent_scores: np.ndarray, threshol
         reasons.append(f"score distribution moved up: PSI {psi:.2f} > {PSI_WARNING}")
     return DriftReport(len(recent), share, false_alarm_rate, p_value, psi, bool(reasons),
                        "; ".join(reasons) or "recent scores look like the nominal ones")
+
+
+def model_drift(model, recent_scores: np.ndarray) -> DriftReport:
+    """`drift_report` of a fitted detector's recent scores against its own nominal scores and threshold."""
+    threshold = model.decision_threshold()
+    return drift_report(model.nominal_scores_, recent_scores, None if threshold is None else threshold.value,
+                        model.false_alarm_rate)

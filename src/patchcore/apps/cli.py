@@ -534,13 +534,12 @@ def update(model_dir: Path, images: tuple[Path, ...], from_feedback: bool, keep:
     model before the update is kept as a version (`patchcore versions`, `patchcore rollback`)."""
     from patchcore.core.patchcore import PatchCore
     from patchcore.io.images import collect_images
-    from patchcore.io.persistence import FEEDBACK
+    from patchcore.io.persistence import feedback_files
     from patchcore.methods import load_model
 
     files = collect_images(list(images)) if images else []
-    feedback = sorted((model_dir / FEEDBACK).glob("*")) if from_feedback else []
-    if from_feedback:
-        feedback = readable_images([f for f in feedback if f.is_file()], skip_bad=True) if feedback else []
+    waiting = feedback_files(model_dir) if from_feedback else []
+    feedback = readable_images(waiting, skip_bad=True) if waiting else []
     if not files and not feedback:
         raise click.UsageError("nothing to add: give IMAGES, or --from-feedback with images in the feedback folder")
     model = load_model(model_dir, device=device)
@@ -553,7 +552,7 @@ def update(model_dir: Path, images: tuple[Path, ...], from_feedback: bool, keep:
         model.change_["from_feedback"] = [f.name for f in feedback]
     model.save(model_dir, keep_versions=keep)
     for file in feedback:  # applied: the saved version lists them
-        (model_dir / FEEDBACK / file.name).unlink(missing_ok=True)
+        file.unlink(missing_ok=True)
     change = model.manifest_["change"]
     click.echo(f"version {model.manifest_['version']}: added {change['images_added']} images"
                f"{f' ({len(feedback)} from feedback)' if feedback else ''}, {change['images_held_out']} held out; "
@@ -595,13 +594,10 @@ def monitor(model_dir: Path, images: tuple[Path, ...], device: str | None) -> No
     """Score a batch of recent IMAGES and compare the scores with the model's nominal ones: drift or not
     (the same statistics as the service's /metrics and /health). Exits 1 on a drift warning."""
     from patchcore.methods import load_model
-    from patchcore.monitoring import drift_report
+    from patchcore.monitoring import model_drift
 
     model = load_model(model_dir, device=device)
-    scores = model.score_samples(list(images))
-    threshold = model.decision_threshold()
-    report = drift_report(model.nominal_scores_, scores, None if threshold is None else threshold.value,
-                          model.false_alarm_rate)
+    report = model_drift(model, model.score_samples(list(images)))
     share = "n/a" if report.share_above_threshold is None else f"{report.share_above_threshold:.1%}"
     psi = "n/a" if report.psi is None else f"{report.psi:.3f}"
     click.echo(f"{report.n_recent} images: {share} above the threshold (nominal {model.false_alarm_rate:.1%}), "

@@ -18,9 +18,9 @@ from prometheus_client.core import GaugeMetricFamily
 
 from patchcore.core.detector import Detector
 from patchcore.errors import ModelFileError, PatchCoreError
-from patchcore.io.persistence import FEEDBACK, atomic_write_bytes, read_manifest
+from patchcore.io.persistence import FEEDBACK, atomic_write_bytes, feedback_files, read_manifest
 from patchcore.methods import load_model
-from patchcore.monitoring import DriftReport, drift_report
+from patchcore.monitoring import DriftReport, model_drift
 
 log = logging.getLogger("patchcore.serve")
 
@@ -51,9 +51,7 @@ class ServedModel:
         return _without_paths(self.model.manifest_)
 
     def drift(self) -> DriftReport:
-        threshold = self.model.decision_threshold()
-        return drift_report(self.model.nominal_scores_, np.array(self.recent),
-                            None if threshold is None else threshold.value, self.model.false_alarm_rate)
+        return model_drift(self.model, np.array(self.recent))
 
     def reload_if_changed(self) -> bool:
         """Load a new version of the model directory and swap it in between requests (in-flight ones finish
@@ -91,11 +89,8 @@ class ServedModel:
         return name
 
     def feedback(self) -> list[dict[str, Any]]:
-        folder = None if self.directory is None else self.directory / FEEDBACK
-        if folder is None or not folder.is_dir():
-            return []
-        return [{"name": file.name, "bytes": file.stat().st_size} for file in sorted(folder.iterdir())
-                if file.is_file() and not file.name.startswith(".")]
+        files = [] if self.directory is None else feedback_files(self.directory)
+        return [{"name": file.name, "bytes": file.stat().st_size} for file in files]
 
 
 def _without_paths(value: Any) -> Any:

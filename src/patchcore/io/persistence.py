@@ -40,8 +40,7 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
         raise ValueError(f"keep_versions must be >= 0, got {keep_versions}")
     previous = read_manifest(path) if (path / MANIFEST).is_file() else None
     parent = None if previous is None else int(previous.get("version", 1))
-    history = [int(v.name) for v in (path / VERSIONS).iterdir() if v.name.isdigit()] if (path / VERSIONS).is_dir() else []
-    manifest = {**manifest, "version": max([parent or 0, *history]) + 1, "parent_version": parent,
+    manifest = {**manifest, "version": max([parent or 0, *kept_versions(path)]) + 1, "parent_version": parent,
                 "change": change or {"action": "save"}, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -73,9 +72,7 @@ def save_directory(path: str | Path, manifest: dict[str, Any], arrays: dict[str,
 def _carry_history(path: Path, staging: Path, parent: int, keep_versions: int) -> None:
     """Into the staging folder: the kept versions, the model being replaced as `versions/<parent>`, and
     the feedback folder, all hard-linked (same file system: no bytes copied)."""
-    kept = sorted((int(v.name) for v in (path / VERSIONS).iterdir() if v.name.isdigit()), reverse=True) \
-        if (path / VERSIONS).is_dir() else []
-    for number in [parent, *kept][:keep_versions]:
+    for number in [parent, *kept_versions(path)][:keep_versions]:
         source = path if number == parent else path / VERSIONS / str(number)
         target = staging / VERSIONS / str(number)
         target.mkdir(parents=True, exist_ok=True)
@@ -84,6 +81,18 @@ def _carry_history(path: Path, staging: Path, parent: int, keep_versions: int) -
                 _link_or_copy(file, target / file.name)
     if (path / FEEDBACK).is_dir():
         shutil.copytree(path / FEEDBACK, staging / FEEDBACK, copy_function=_link_or_copy)
+
+
+def kept_versions(path: Path) -> list[int]:
+    """The version numbers kept under `path/versions`, newest first."""
+    folder = path / VERSIONS
+    return sorted((int(v.name) for v in folder.iterdir() if v.name.isdigit()), reverse=True) if folder.is_dir() else []
+
+
+def feedback_files(path: Path) -> list[Path]:
+    """The images waiting in a model directory's feedback folder (not the hidden files of a write in progress)."""
+    folder = path / FEEDBACK
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")) if folder.is_dir() else []
 
 
 def _link_or_copy(source: str | Path, target: str | Path) -> None:
@@ -107,8 +116,7 @@ def list_versions(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise ModelFileError(f"{path}: not a saved model directory")
-    folders = [path] + sorted((v for v in (path / VERSIONS).iterdir() if v.name.isdigit()),
-                              key=lambda v: -int(v.name)) if (path / VERSIONS).is_dir() else [path]
+    folders = [path, *(path / VERSIONS / str(number) for number in kept_versions(path))]
     listed = []
     for folder in folders:
         manifest = read_manifest(folder)
