@@ -11,7 +11,7 @@ from click.testing import CliRunner
 onnxruntime = pytest.importorskip("onnxruntime")
 
 from patchcore.apps.cli import main  # noqa: E402
-from patchcore.apps.export import export_onnx  # noqa: E402
+from patchcore.apps.export import check_against_pytorch, export_onnx, predict_with_onnx  # noqa: E402
 from patchcore.io.images import load_image  # noqa: E402
 from patchcore.core.patchcore import PatchCore  # noqa: E402
 from patchcore.baselines.padim import Padim  # noqa: E402
@@ -83,3 +83,32 @@ def test_export_command_writes_and_checks_the_graph(fitted_model, tmp_path: Path
         ).custom_metadata_map["library_index"]  # the contract names the index the library itself uses
     gaps = [float(found) for found in re.findall(r"\d\.\d+e[+-]\d+", result.output)]
     assert len(gaps) == 2 and max(gaps) < 1e-4, result.output
+
+
+def test_a_tiled_model_with_a_region_of_interest_exports_the_per_tile_graph(train_crops, good_test_crops,
+                                                                          defect_crop, tmp_path: Path) -> None:
+    """128 px images in 64 px tiles (9 of them), the right quarter outside the region of interest: the
+    file, run from its metadata alone, gives the library's scores and maps."""
+    region = np.ones((128, 128), dtype=bool)
+    region[:, 96:] = False  # on the 8 px patch grid, so the library's pixel mask and the graph's agree exactly
+    model = PatchCore(coreset_ratio=0.1, threshold_folds=2, image_size=128, tile_size=64, index="exact",
+                      roi_mask=region, device="cpu").fit(train_crops[:12])
+    assert len(model.preprocessor_.tiles((128, 128))) == 9
+    path = export_onnx(model, tmp_path / "tiled.onnx")
+    metadata = onnxruntime.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert metadata["graph"] == "tile" and '"stride": 8' in metadata["tiling"]
+
+    outside = defect_crop[0].copy()
+    outside[40:68, 100:128] = 255  # a white square outside the region: no effect on either side
+    images = [*good_test_crops[:2], defect_crop[0], outside]
+    predictions = model.predict(images)
+    onnx_results = predict_with_onnx(path, images, batch_size=4)
+    np.testing.assert_allclose([s for s, _ in onnx_results], [p.score for p in predictions], atol=1e-4, rtol=0)
+    for (_, onnx_map), prediction in zip(onnx_results, predictions):
+        assert np.array_equal(np.isnan(onnx_map), np.isnan(prediction.anomaly_map))
+        assert np.isnan(onnx_map[:, 96:]).all() and not np.isnan(onnx_map[:, :96]).any()
+        np.testing.assert_allclose(onnx_map[:, :96], prediction.anomaly_map[:, :96], atol=1e-4, rtol=0)
+    scores = [s for s, _ in onnx_results]
+    assert scores[2] > 1.2 * max(scores[:2])  # the defect inside the region is found
+    assert abs(scores[3] - scores[2]) < 1e-4  # the square outside it changes nothing
+    assert max(check_against_pytorch(model, path).values()) < 1e-4

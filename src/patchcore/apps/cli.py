@@ -504,7 +504,8 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Run the graph with onnxruntime on random inputs and compare with PyTorch.")
 def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_rows: int, check: bool) -> None:
-    """Export a saved PatchCore model as one ONNX graph: preprocessed images in, scores and maps out."""
+    """Export a saved PatchCore model as one ONNX graph: preprocessed images (or, for models that tile
+    or have a region of interest, tiles) in, scores and maps (patch scores) out."""
     from patchcore.apps.export import check_against_pytorch, export_onnx
     from patchcore.core.patchcore import PatchCore
     from patchcore.methods import load_model
@@ -518,9 +519,9 @@ def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_
         raise click.UsageError(str(error)) from error
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if check:
-        score_gap, map_gap = check_against_pytorch(model, path)
-        click.echo(f"onnxruntime vs. PyTorch on random inputs: largest score difference {score_gap:.2e}, "
-                   f"largest map difference {map_gap:.2e}")
+        gaps = check_against_pytorch(model, path)
+        click.echo("onnxruntime vs. PyTorch on random inputs, largest differences: "
+                   + ", ".join(f"{name} {gap:.2e}" for name, gap in gaps.items()))
 
 
 @_command(main, declared_names=("device",))
