@@ -209,7 +209,7 @@ def _quiet_exporter():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             # Both inputs of the per-tile graph share the batch axis; the exporter notes it renamed one.
-            warnings.filterwarnings("ignore", message="The axis name", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*The axis name", category=UserWarning)
             yield
     finally:
         exporter_log.setLevel(level)
