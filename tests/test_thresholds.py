@@ -87,3 +87,23 @@ def test_cross_fit_knows_each_bank_rows_image_when_sizes_are_mixed(train_crops) 
     assert expected[-1] != expected[0] and counts.tolist() == expected
     # Each fold is one image here: its rows are exactly the ones its own features gave.
     assert np.array_equal(model.memory_bank_[model._bank_origins == 4], model.patch_features(wide))
+
+
+def test_fit_warns_when_training_images_repeat_images_of_other_folds(brick, tmp_path) -> None:
+    """16 crops that share no pixel: nothing repeats. The same with copies of four of them (each copy
+    lands in another cross-fit fold): exactly those eight are found, named, warned of and saved."""
+    independent = [brick[y : y + 128, x : x + 128] for y in range(0, 512, 128) for x in range(0, 512, 128)]
+    model = PatchCore(image_size=128, coreset_ratio=0.1).fit(independent)
+    assert model.repeated_images_ == {"checked": 16, "repeating": 0, "examples": []}
+    assert not any("repeat" in warning for warning in model.nominal_warnings())
+
+    copied = PatchCore(image_size=128, coreset_ratio=0.1).fit(independent + independent[:4])
+    assert copied.repeated_images_["repeating"] == 8
+    assert ["image 0", "image 16"] in copied.repeated_images_["examples"]
+    warning = next(w for w in copied.nominal_warnings() if "repeat" in w)
+    assert warning.startswith("8 of 20 training images checked repeat") and "--validation" in warning
+    loaded = PatchCore.load(copied.save(tmp_path / "model"))
+    assert loaded.repeated_images_["repeating"] == 8 and any("repeat" in w for w in loaded.nominal_warnings())
+    # Independent nominal images make the warning moot.
+    validated = PatchCore(image_size=128, coreset_ratio=0.1).fit(independent + independent[:4], validation=independent[:2])
+    assert not any("repeat" in warning for warning in validated.nominal_warnings())

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageChops
 from sklearn.base import clone
 
 from patchcore.backbones import LoadedBackbone
@@ -19,7 +19,8 @@ from patchcore.core.features import FeatureExtractor
 from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
                                      random_subsample)
 from patchcore.core.scoring import image_scores
-from patchcore.io.images import ImageInput, collect_images, load_mask_image, read_image_size
+from patchcore.core.thresholds import fold_of_images, repeated_images
+from patchcore.io.images import ImageInput, collect_images, load_image, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
 from patchcore.search import (AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, TorchIndex, describe_index, make_index,
                               resolve_index_kind)
@@ -108,7 +109,7 @@ class PatchCore(Detector):
         self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
         self._region_cache: dict[tuple[int, int], np.ndarray] = {}
         self.feature_dim_ = self.extractor_.feature_dim
-        patches, origins = self._collect_patches(items)
+        patches, patch_origins = self._collect_patches(items)
         if len(patches) == 0:
             raise ValueError("the region-of-interest mask leaves no patch to learn from")
         self.extraction_seconds_ = time.perf_counter() - started
@@ -118,14 +119,49 @@ class PatchCore(Detector):
         self.sampling_seconds_ = time.perf_counter() - started
         self.n_patches_seen_ = len(patches)
         if rows is None:
-            bank = patches
+            bank, origins = patches, patch_origins
         elif rows.ndim == 2:  # learned proxies: new vectors, from no one image
             bank, origins = rows, None
         else:
-            bank, origins = patches[rows], origins[rows]
+            bank, origins = patches[rows], patch_origins[rows]
         self._bank_origins = origins
         self._set_bank(bank)
         self.coverage_radius_ = self._coverage_radius(patches)
+        self.repeated_images_ = self._repeated_images(items, patches, patch_origins)
+
+    def _repeated_images(self, items: list[ImageInput], patches: np.ndarray, origins: np.ndarray) -> dict | None:
+        """Which training images another cross-fit fold already shows (their nominal scores would be too
+        low): checked on up to 64 images against every patch of the other folds, on the scale of a
+        1-pixel shift of a few of the images themselves. None when there is no cross-fit."""
+        folds = min(self.threshold_folds, len(items))
+        if folds < 2:
+            return None
+        shift = []
+        for position in range(0, len(items), max(1, len(items) // 4))[:4]:
+            shifted = ImageChops.offset(load_image(items[position], self.bit_depth), 1, 1)
+            moved = np.concatenate([rows for _, rows in self._patch_rows([shifted])])
+            shift.append(np.linalg.norm(patches[origins == position] - moved, axis=1))
+        checked, repeats = repeated_images(patches, origins, fold_of_images(len(items), folds),
+                                           float(np.median(np.concatenate(shift))), seed=self.seed)
+
+        def name(i: int) -> str:
+            return Path(items[i]).name if isinstance(items[i], (str, Path)) else f"image {i}"
+
+        return {"checked": checked, "repeating": len(repeats),
+                "examples": [[name(r.image), name(r.nearest_image)] for r in repeats[:3]]}
+
+    def nominal_warnings(self) -> list[str]:
+        warnings = super().nominal_warnings()
+        repeated = self.repeated_images_
+        if repeated and repeated["repeating"] and self.nominal_source_.startswith("cross-fit"):
+            first, second = repeated["examples"][0]
+            warnings.append(
+                f"{repeated['repeating']} of {repeated['checked']} training images checked repeat images of "
+                f"other cross-fit folds (e.g. {first} ~ {second}: closer than a 1-pixel shift of the same "
+                "image): their nominal scores are lower than new good images' will be, so the threshold may flag "
+                f"more than {self.false_alarm_rate:.1%} of good images; give --validation DIR with independent "
+                "good images")
+        return warnings
 
     def _collect_patches(self, items: list[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
         """Every patch feature of the images (n, D) and the index of the image each came from (n,)."""
@@ -352,7 +388,8 @@ class PatchCore(Detector):
     # -- persistence ------------------------------------------------------------------------
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        state = {"n_patches_seen": self.n_patches_seen_, "coverage_radius": self.coverage_radius_}
+        state = {"n_patches_seen": self.n_patches_seen_, "coverage_radius": self.coverage_radius_,
+                 "repeated_training_images": self.repeated_images_}
         arrays = {"memory_bank": self.memory_bank_}
         if self.roi_mask_ is not None:
             arrays["roi_mask"] = self.roi_mask_
@@ -386,6 +423,7 @@ class PatchCore(Detector):
         self.n_patches_seen_ = manifest["n_patches_seen"]
         # Older models did not record it: 0 means partial_fit adds up to coreset_ratio of the new patches.
         self.coverage_radius_ = float(manifest.get("coverage_radius", 0.0))
+        self.repeated_images_ = manifest.get("repeated_training_images")  # not checked before 2026-11-30
         # Which image each row came from is not saved: every row is an old one to a later partial_fit.
         self._bank_origins = None if self.sampler == "learned_proxies" else np.full(len(bank), -1, dtype=np.int64)
 
