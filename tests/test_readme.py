@@ -21,14 +21,14 @@ def test_the_readme_has_python_examples() -> None:
 
 
 def test_the_readme_python_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    build_offline_benchmarks(tmp_path / "demo_output" / "data", ("brick",))  # what `make demo` leaves
+    build_offline_benchmarks(tmp_path / "demo_output" / "data", ("gravel",))  # what `make demo` leaves
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in python_blocks():
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
     printed = capsys.readouterr().out
     # The highest-scored test image is one with a synthetic defect, printed with its decision and map size.
-    assert re.search(r"demo_output/data/brick/test/(?!good/)\w+/\d+\.png [\d.]+ defect \(128, 128\)", printed), printed
-    assert (tmp_path / "models" / "brick" / "manifest.json").is_file()
+    assert re.search(r"demo_output/data/gravel/test/(?!good/)\w+/\d+\.png [\d.]+ defect \(128, 128\)", printed), printed
+    assert (tmp_path / "models" / "gravel" / "manifest.json").is_file()
     assert namespace["unfitted_copy"].get_params()["index"].n_probe == 4
     assert os.path.exists(namespace["worst"].source)

@@ -641,7 +641,7 @@ def build_offline(root: Path, categories: str | None, seed: int, install: bool) 
 
 @_command(main, declared_names=("device",))
 @click.option("--out", "out_dir", default=Path("demo_output"), show_default=True, type=click.Path(path_type=Path))
-@click.option("--category", default="brick", show_default=True, type=click.Choice(["brick", "grass", "gravel"]))
+@click.option("--category", default="gravel", show_default=True, type=click.Choice(["brick", "grass", "gravel"]))
 def demo(out_dir: Path, category: str, device: str | None) -> None:
     """Fit on real texture photos shipped with scikit-image and find synthetic defects on held-out crops."""
     from sklearn.metrics import roc_auc_score
