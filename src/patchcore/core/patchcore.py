@@ -19,7 +19,7 @@ from patchcore.core.features import FeatureExtractor
 from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
                                      random_subsample)
 from patchcore.core.scoring import image_scores
-from patchcore.core.thresholds import fold_of_images, repeated_images
+from patchcore.core.thresholds import NEAR_DUPLICATE_RATIO, fold_of_images, repeat_ratios
 from patchcore.io.images import ImageInput, collect_images, load_image, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
 from patchcore.search import (AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, TorchIndex, describe_index, make_index,
@@ -136,19 +136,24 @@ class PatchCore(Detector):
         folds = min(self.threshold_folds, len(items))
         if folds < 2:
             return None
-        shift = []
-        for position in range(0, len(items), max(1, len(items) // 4))[:4]:
-            shifted = ImageChops.offset(load_image(items[position], self.bit_depth), 1, 1)
-            moved = np.concatenate([rows for _, rows in self._patch_rows([shifted])])
-            shift.append(np.linalg.norm(patches[origins == position] - moved, axis=1))
-        checked, repeats = repeated_images(patches, origins, fold_of_images(len(items), folds),
-                                           float(np.median(np.concatenate(shift))), seed=self.seed)
+        checked = repeat_ratios(patches, origins, fold_of_images(len(items), folds),
+                                self._shift_distance(items, patches, origins), seed=self.seed)
+        repeats = [image for image in checked if image.ratio < NEAR_DUPLICATE_RATIO]
 
         def name(i: int) -> str:
             return Path(items[i]).name if isinstance(items[i], (str, Path)) else f"image {i}"
 
-        return {"checked": checked, "repeating": len(repeats),
+        return {"checked": len(checked), "repeating": len(repeats),
                 "examples": [[name(r.image), name(r.nearest_image)] for r in repeats[:3]]}
+
+    def _shift_distance(self, items: list[ImageInput], patches: np.ndarray, origins: np.ndarray) -> float:
+        """The median distance a 1-pixel shift moves the patches (n, D) of images `origins` (n,), on up to 4 of the `items`."""
+        moved_by = []
+        for position in range(0, len(items), max(1, len(items) // 4))[:4]:
+            shifted = ImageChops.offset(load_image(items[position], self.bit_depth), 1, 1)
+            moved = np.concatenate([rows for _, rows in self._patch_rows([shifted])])
+            moved_by.append(np.linalg.norm(patches[origins == position] - moved, axis=1))
+        return float(np.median(np.concatenate(moved_by)))
 
     def nominal_warnings(self) -> list[str]:
         warnings = super().nominal_warnings()

@@ -84,12 +84,13 @@ class Repeat:
     ratio: float
 
 
-def repeated_images(patches: np.ndarray, origins: np.ndarray, folds: np.ndarray, shift_distance: float,
-                    seed: int = 0, max_images: int = 64, patches_per_image: int = 32,
-                    chunk_rows: int = 65_536) -> tuple[int, list[Repeat]]:
-    """(images checked, those that repeat others) among `patches` (n, D) of images `origins` (n,) in
-    cross-fit `folds` (one per image): each checked image's sampled patches are searched exactly among
-    the patches of every other fold."""
+def repeat_ratios(patches: np.ndarray, origins: np.ndarray, folds: np.ndarray, shift_distance: float,
+                  seed: int = 0, max_images: int = 64, patches_per_image: int = 32,
+                  chunk_rows: int = 65_536) -> list[Repeat]:
+    """Each checked image (up to `max_images`, spread over the set) among `patches` (n, D) of images
+    `origins` (n,) in cross-fit `folds` (one per image), with its ratio: its sampled patches are searched
+    exactly among the patches of every other fold. It repeats another when the ratio is below
+    NEAR_DUPLICATE_RATIO."""
     rng = np.random.default_rng(seed)
     images = np.unique(origins)
     if len(images) > max_images:
@@ -115,11 +116,10 @@ def repeated_images(patches: np.ndarray, origins: np.ndarray, folds: np.ndarray,
         best_row = torch.where(closer, row + start, best_row)
     distances, nearest_images = best.sqrt().numpy(), origins[best_row.numpy()]
     owner = np.concatenate(owners)
-    repeats = []
+    checked = []
     for image in images:
         mine = owner == image
-        ratio = float(np.median(distances[mine])) / max(shift_distance, 1e-12)
-        if ratio < NEAR_DUPLICATE_RATIO:
-            repeated = np.unique(nearest_images[mine], return_counts=True)
-            repeats.append(Repeat(int(image), int(repeated[0][repeated[1].argmax()]), ratio))
-    return len(images), repeats
+        repeated = np.unique(nearest_images[mine], return_counts=True)
+        checked.append(Repeat(int(image), int(repeated[0][repeated[1].argmax()]),
+                              float(np.median(distances[mine])) / max(shift_distance, 1e-12)))
+    return checked
