@@ -52,7 +52,7 @@ class Padim(Detector):
         features = self.extractor_(batch)[..., torch.from_numpy(self.channels_).to(batch.device)]
         return features.flatten(1, 2).double().cpu()
 
-    def _fit_items(self, items: list[ImageInput]) -> None:
+    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
         # Streaming sums: the covariance never needs every training feature in memory at once.
         count, total, outer = 0, None, None
         for batch in self._training_batches(items):

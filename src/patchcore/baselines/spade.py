@@ -40,7 +40,7 @@ class Spade(Detector):
     def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor:
         return FeatureExtractor(backbone, layers, patch_size=1, feature_dim=None, global_layer=backbone.spec.levels[3])
 
-    def _fit_items(self, items: list[ImageInput]) -> None:
+    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
         patch_grids, global_features = [], []
         for batch in self._training_batches(items):
             patches, pooled = self.extractor_.forward_with_global(batch)

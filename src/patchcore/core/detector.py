@@ -160,8 +160,9 @@ class Detector(BaseEstimator, ABC):
     def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor: ...
 
     @abstractmethod
-    def _fit_items(self, items: list[ImageInput]) -> None:
-        """Build the fitted state from the training images."""
+    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
+        """Build the fitted state from the training images (`cross_fit`: the nominal scores will come
+        from a cross-fit over them, not from other images)."""
 
     @abstractmethod
     def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
@@ -253,7 +254,7 @@ class Detector(BaseEstimator, ABC):
         # The most common training size: what the exported graph takes, and what the manifest reports.
         self.training_size_ = max(set(sizes), key=sizes.count)
         self._build_pipeline(load_backbone(self.backbone, self.weights), self.image_size or choose_working_side(sizes))
-        self._fit_items(train_items)
+        self._fit_items(train_items, cross_fit=not holdout_items)
         self.n_train_images_ = len(train_items)
         self._fit_nominal_statistics([])  # fitted from here on; no threshold until the nominal scores are in
         if holdout_items:

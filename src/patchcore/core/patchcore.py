@@ -104,7 +104,7 @@ class PatchCore(Detector):
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def _fit_items(self, items: list[ImageInput]) -> None:
+    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
         started = time.perf_counter()
         self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
         self._region_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -127,12 +127,12 @@ class PatchCore(Detector):
         self._bank_origins = origins
         self._set_bank(bank)
         self.coverage_radius_ = self._coverage_radius(patches)
-        self.repeated_images_ = self._repeated_images(items, patches, patch_origins)
+        self.repeated_images_ = self._repeated_images(items, patches, patch_origins) if cross_fit else None
 
     def _repeated_images(self, items: list[ImageInput], patches: np.ndarray, origins: np.ndarray) -> dict | None:
         """Which training images another cross-fit fold already shows (their nominal scores would be too
         low): checked on up to 64 images against every patch of the other folds, on the scale of a
-        1-pixel shift of a few of the images themselves. None when there is no cross-fit."""
+        1-pixel shift of a few of the images themselves. None with fewer than two folds."""
         folds = min(self.threshold_folds, len(items))
         if folds < 2:
             return None
