@@ -112,3 +112,5 @@ def test_a_tiled_model_with_a_region_of_interest_exports_the_per_tile_graph(trai
     assert scores[2] > 1.2 * max(scores[:2])  # the defect inside the region is found
     assert abs(scores[3] - scores[2]) < 1e-4  # the square outside it changes nothing
     assert max(check_against_pytorch(model, path).values()) < 1e-4
+    result = CliRunner().invoke(main, ["export", str(model.save(tmp_path / "model")), "--no-check"], catch_exceptions=False)
+    assert result.exit_code == 0 and "a per-tile graph (9 tile(s) per image, a region of interest)" in result.output

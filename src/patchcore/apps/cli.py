@@ -506,7 +506,7 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
 def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_rows: int, check: bool) -> None:
     """Export a saved PatchCore model as one ONNX graph: preprocessed images (or, for models that tile
     or have a region of interest, tiles) in, scores and maps (patch scores) out."""
-    from patchcore.apps.export import check_against_pytorch, export_onnx
+    from patchcore.apps.export import check_against_pytorch, export_onnx, exports_tiles, network_size
     from patchcore.core.patchcore import PatchCore
     from patchcore.methods import load_model
 
@@ -518,6 +518,10 @@ def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if exports_tiles(model):
+        tiles = len(model.preprocessor_.tiles(network_size(model)))
+        click.echo(f"a per-tile graph ({tiles} tile(s) per image{', a region of interest' if model.roi_mask_ is not None else ''}): "
+                   "combine its outputs as the metadata's `tiling` says, or run patchcore.apps.export.predict_with_onnx")
     if check:
         gaps = check_against_pytorch(model, path)
         click.echo("onnxruntime vs. PyTorch on random inputs, largest differences: "
