@@ -143,14 +143,20 @@ def tiling(model: PatchCore) -> dict:
     }
 
 
+def region_grid(rule: dict) -> np.ndarray | None:
+    """The tiling rule's region of interest as a boolean patch grid (None: every patch)."""
+    rows = rule["region_of_interest"]
+    return None if rows is None else np.array([[c == "1" for c in row] for row in rows])
+
+
 def tile_keep(tile: dict, rule: dict) -> np.ndarray:
     """The `keep` input of one tile: its core, inside the region of interest."""
     stride = rule["stride"]
     keep = np.zeros((tile["height"] // stride, tile["width"] // stride), dtype=bool)
     top, bottom, left, right = tile["core"]
     keep[top:bottom, left:right] = True
-    if rule["region_of_interest"] is not None:
-        region = np.array([[c == "1" for c in row] for row in rule["region_of_interest"]])
+    region = region_grid(rule)
+    if region is not None:
         row, col = tile["place"]
         keep[top:bottom, left:right] &= region[row : row + bottom - top, col : col + right - left]
     return keep
@@ -287,8 +293,7 @@ def predict_with_onnx(path: str | Path, images: list, batch_size: int = 4) -> li
     rule = json.loads(metadata["tiling"])
     tiles, stride = rule["tiles"], rule["stride"]
     keeps = np.stack([tile_keep(tile, rule) for tile in tiles])
-    region = None if rule["region_of_interest"] is None else np.array(
-        [[c == "1" for c in row] for row in rule["region_of_interest"]])
+    region = region_grid(rule)
     results = []
     for pixels in inputs:
         crops = np.stack([pixels[:, t["y"] : t["y"] + t["height"], t["x"] : t["x"] + t["width"]] for t in tiles])
