@@ -86,7 +86,7 @@ class Repeat:
 
 def repeat_ratios(patches: np.ndarray, origins: np.ndarray, folds: np.ndarray, shift_distance: float,
                   seed: int = 0, max_images: int = 64, patches_per_image: int = 32,
-                  chunk_rows: int = 65_536) -> list[Repeat]:
+                  chunk_rows: int = 8192) -> list[Repeat]:
     """Each checked image (up to `max_images`, spread over the set) among `patches` (n, D) of images
     `origins` (n,) in cross-fit `folds` (one per image), with its ratio: its sampled patches are searched
     exactly among the patches of every other fold. It repeats another when the ratio is below
