@@ -19,7 +19,7 @@ from patchcore.core.features import FeatureExtractor
 from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
                                      random_subsample)
 from patchcore.core.scoring import image_scores
-from patchcore.core.thresholds import NEAR_DUPLICATE_RATIO, fold_of_images, repeat_ratios
+from patchcore.core.thresholds import NEAR_DUPLICATE_RATIO, fold_bounds, fold_of_images, repeat_ratios
 from patchcore.io.images import ImageInput, collect_images, load_image, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
 from patchcore.search import (AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, TorchIndex, describe_index, make_index,
@@ -127,7 +127,9 @@ class PatchCore(Detector):
         self._bank_origins = origins
         self._set_bank(bank)
         self.coverage_radius_ = self._coverage_radius(patches)
-        self.repeated_images_ = self._repeated_images(items, patches, patch_origins) if cross_fit else None
+        # Only where the nominal scores will come from the cross-fit, which a bank of learned proxies cannot have.
+        can_cross_fit = cross_fit and origins is not None
+        self.repeated_images_ = self._repeated_images(items, patches, patch_origins) if can_cross_fit else None
 
     def _repeated_images(self, items: list[ImageInput], patches: np.ndarray, origins: np.ndarray) -> dict | None:
         """Which training images another cross-fit fold already shows (their nominal scores would be too
@@ -158,7 +160,7 @@ class PatchCore(Detector):
     def nominal_warnings(self) -> list[str]:
         warnings = super().nominal_warnings()
         repeated = self.repeated_images_
-        if repeated and repeated["repeating"] and self.nominal_source_.startswith("cross-fit"):
+        if repeated and repeated["repeating"]:
             first, second = repeated["examples"][0]
             warnings.append(
                 f"{repeated['repeating']} of {repeated['checked']} training images checked repeat images of "
@@ -274,7 +276,7 @@ class PatchCore(Detector):
             return None
         full = self.memory_bank_, self.index_, self._bank_tensor
         origins = self._bank_origins
-        bounds = first + np.linspace(0, len(items), folds + 1).round().astype(int)
+        bounds = first + fold_bounds(len(items), folds)
         predictions = []
         try:
             for start, stop in zip(bounds[:-1], bounds[1:]):

@@ -68,10 +68,15 @@ def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float,
     return float(thresholds[best]), float(f1[best])
 
 
+def fold_bounds(n_images: int, folds: int) -> np.ndarray:
+    """The cross-fit's `folds` contiguous runs of `n_images` images in file order: run f is images
+    bounds[f] to bounds[f + 1] - 1."""
+    return np.linspace(0, n_images, folds + 1).round().astype(int)
+
+
 def fold_of_images(n_images: int, folds: int) -> np.ndarray:
-    """The cross-fit fold (a contiguous run in file order) of each of `n_images` images."""
-    bounds = np.linspace(0, n_images, folds + 1).round().astype(int)
-    return np.searchsorted(bounds[1:], np.arange(n_images), side="right")
+    """The cross-fit fold (`fold_bounds`) of each of `n_images` images."""
+    return np.searchsorted(fold_bounds(n_images, folds)[1:], np.arange(n_images), side="right")
 
 
 @dataclass(frozen=True)
