@@ -184,6 +184,16 @@ def create_app(
             raise HTTPException(404, f"no model named {name!r}; served: {', '.join(models)}")
         return models[name]
 
+    def decoded(data: bytes, name: str, served: ServedModel):
+        """The upload as an RGB image at the model's bit depth: 413 when over the pixel limit (from its
+        header), 422 when it is no readable image."""
+        try:
+            return decode_image(data, name, served.model.bit_depth, max_pixels=max_pixels)
+        except ImageTooLargeError as error:
+            raise HTTPException(413, str(error)) from error
+        except ImageLoadError as error:
+            raise HTTPException(422, str(error)) from error
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         return page
@@ -213,12 +223,7 @@ def create_app(
         served = choose(model)
         name = image.filename or "upload"
         data = image.file.read()
-        try:
-            decode_image(data, name, served.model.bit_depth, max_pixels=max_pixels)  # only readable images are kept
-        except ImageTooLargeError as error:
-            raise HTTPException(413, str(error)) from error
-        except ImageLoadError as error:
-            raise HTTPException(422, str(error)) from error
+        decoded(data, name, served)  # only readable images are kept
         try:
             stored = served.store_feedback(data, name)
         except PatchCoreError as error:
@@ -252,12 +257,7 @@ def create_app(
         authorise(request)
         served = choose(model)
         name = image.filename or "upload"
-        try:
-            picture = decode_image(image.file.read(), name, served.model.bit_depth, max_pixels=max_pixels)
-        except ImageTooLargeError as error:
-            raise HTTPException(413, str(error)) from error
-        except ImageLoadError as error:
-            raise HTTPException(422, str(error)) from error
+        picture = decoded(image.file.read(), name, served)
         started = time.perf_counter()
         try:
             with served.lock:
