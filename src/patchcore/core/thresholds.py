@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from sklearn.metrics import precision_recall_curve
 
+from patchcore.search import exact_nearest
+
 DEFAULT_FALSE_ALARM_RATE = 0.01
 # A training image repeats others when, at the median, its patches lie closer to another cross-fit fold's
 # patches than half the distance a 1-pixel shift of the image moves them. Measured (docs/results.md):
@@ -106,21 +108,24 @@ def repeat_ratios(patches: np.ndarray, origins: np.ndarray, folds: np.ndarray, s
         queries.append(patches[rng.choice(rows, min(patches_per_image, len(rows)), replace=False)])
         owners.append(np.full(len(queries[-1]), image))
     query = torch.from_numpy(np.concatenate(queries))
-    owner_fold = torch.from_numpy(folds[np.concatenate(owners)])
+    owner = np.concatenate(owners)
+    query_folds = folds[owner]
     best = torch.full((len(query),), torch.inf)
     best_row = torch.zeros(len(query), dtype=torch.long)
-    query_norms = (query * query).sum(1, keepdim=True)
     for start in range(0, len(patches), chunk_rows):
         block = torch.from_numpy(patches[start : start + chunk_rows])
-        squared = (query_norms - 2 * query @ block.T + (block * block).sum(1)).clamp_min_(0)
-        block_folds = torch.from_numpy(folds[origins[start : start + chunk_rows]])
-        squared[owner_fold[:, None] == block_folds[None, :]] = torch.inf  # only other folds count
-        value, row = squared.min(dim=1)
-        closer = value < best
-        best = torch.where(closer, value, best)
-        best_row = torch.where(closer, row + start, best_row)
-    distances, nearest_images = best.sqrt().numpy(), origins[best_row.numpy()]
-    owner = np.concatenate(owners)
+        block_folds = folds[origins[start : start + chunk_rows]]
+        for fold in np.unique(query_folds):  # each fold's queries against the block's rows of other folds
+            asking = torch.from_numpy(np.flatnonzero(query_folds == fold))
+            allowed = torch.from_numpy(np.flatnonzero(block_folds != fold))
+            if len(allowed) == 0:
+                continue
+            others = block[allowed]
+            distances, rows = exact_nearest(query[asking], others, (others * others).sum(dim=1), 1, 1)
+            closer = distances[:, 0] < best[asking]
+            best[asking] = torch.where(closer, distances[:, 0], best[asking])
+            best_row[asking] = torch.where(closer, allowed[rows[:, 0]] + start, best_row[asking])
+    distances, nearest_images = best.numpy(), origins[best_row.numpy()]
     checked = []
     for image in images:
         mine = owner == image
