@@ -72,3 +72,32 @@ def test_high_resolution_panels_hold_one_small_defect_each_half_at_an_edge(tmp_p
         assert 1 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 24  # small: at most 24 px across
         touching += ys.min() == 0 or xs.min() == 0 or ys.max() == 719 or xs.max() == 1999
     assert touching == len(DEFECTS)  # every other defect touches an edge
+
+
+def test_elpv_modules_hold_train_cells_or_one_real_defective_cell_marked_by_its_mask(tmp_path: Path) -> None:
+    from patchcore.data.offline import CELL, build_elpv_module, elpv_defective, elpv_good_split, elpv_labels
+
+    info = build_elpv_module("elpv_module_mono", tmp_path, seed=2, n_train=2, n_test_good=1, n_defective=3)
+    category = tmp_path / "elpv_module_mono"
+    assert info["image_size"] == [1200, 900]
+    folder, _ = elpv_labels()
+    train_cells, test_cells = elpv_good_split("mono", seed=2)
+
+    def fingerprints(cells: list[str]) -> set[bytes]:
+        return {np.asarray(Image.open(folder / cell).convert("L")).tobytes() for cell in cells}
+
+    train, test, defective = fingerprints(train_cells), fingerprints(test_cells), fingerprints(elpv_defective("mono"))
+
+    def cells_of(path: Path) -> list[np.ndarray]:
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == (900, 1200)
+        return [pixels[y : y + CELL, x : x + CELL] for y in range(0, 900, CELL) for x in range(0, 1200, CELL)]
+
+    for path in sorted((category / "train" / "good").glob("*.png")):
+        assert all(cell.tobytes() in train for cell in cells_of(path))
+    for path in sorted((category / "test" / "defective").glob("*.png")):
+        mask_cells = cells_of(category / "ground_truth" / "defective" / f"{path.stem}_mask.png")
+        marked = [bool(cell.all()) for cell in mask_cells]
+        assert sum(marked) == 1 and sum(bool(cell.any()) for cell in mask_cells) == 1  # exactly one whole cell
+        for cell, is_marked in zip(cells_of(path), marked):
+            assert cell.tobytes() in (defective if is_marked else test)

@@ -4,6 +4,8 @@ Textures: scikit-image's real 512 x 512 photos, split in space (a 3 x 3 grid of 
 inside seven tiles, test crops inside the other two, so none overlaps a train crop), with
 *synthetic* defects pasted on the held-out crops.
 ELPV: real electroluminescence solar-cell images with real defects, image-level labels only.
+High resolution: 2000 x 720 px texture panels with small synthetic defects (`hires_*`), and 1200 x 900 px
+ELPV modules of 3 x 4 cells holding one real defective cell (`elpv_module_*`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ TEXTURES = ("brick", "grass", "gravel")
 FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
 HIRES = tuple(f"hires_{texture}" for texture in TEXTURES)
-OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + HIRES
+ELPV_MODULES = ("elpv_module_mono", "elpv_module_poly")
+OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + HIRES + ELPV_MODULES
 
 # The registry package each benchmark is built from: (import name, pip requirement).
 SOURCE_PACKAGES = {
     **{texture: ("skimage", "scikit-image>=0.22") for texture in TEXTURES},
     **{elpv: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for elpv in ELPV_CATEGORIES},
     **{hires: ("skimage", "scikit-image>=0.22") for hires in HIRES},
+    **{module: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for module in ELPV_MODULES},
 }
 
 CROP = 128
@@ -294,33 +298,105 @@ def elpv_labels() -> tuple[Path, list[tuple[str, float, str]]]:
     return folder, rows
 
 
-def build_elpv(cell_type: str, root: Path, seed: int = 0, train_share: float = 0.75) -> dict:
-    """Train on a seeded share of defect-free cells; test held-out good vs. defective (p = 1) cells."""
-    folder, rows = elpv_labels()
+def elpv_good_split(cell_type: str, seed: int = 0, train_share: float = 0.75) -> tuple[list[str], list[str]]:
+    """The defect-free cells of one type, split (seeded) into train and test cells: one split for cells and modules."""
+    _, rows = elpv_labels()
     good = [path for path, prob, kind in rows if kind == cell_type and prob == 0.0]
-    defective = [path for path, prob, kind in rows if kind == cell_type and prob == 1.0]
     order = np.random.default_rng(seed).permutation(len(good))
     n_train = int(round(train_share * len(good)))
+    return [good[i] for i in order[:n_train]], [good[i] for i in order[n_train:]]
+
+
+def elpv_defective(cell_type: str) -> list[str]:
+    """The cells of one type labelled defective with probability 1."""
+    _, rows = elpv_labels()
+    return [path for path, prob, kind in rows if kind == cell_type and prob == 1.0]
+
+
+def build_elpv(cell_type: str, root: Path, seed: int = 0, train_share: float = 0.75) -> dict:
+    """Train on a seeded share of defect-free cells; test held-out good vs. defective (p = 1) cells."""
+    folder, _ = elpv_labels()
+    train, test_good = elpv_good_split(cell_type, seed, train_share)
+    defective = elpv_defective(cell_type)
     category = root / f"elpv_{cell_type}"
-    splits = {
-        "train/good": [good[i] for i in order[:n_train]],
-        "test/good": [good[i] for i in order[n_train:]],
-        "test/defective": defective,
-    }
+    splits = {"train/good": train, "test/good": test_good, "test/defective": defective}
     for split, paths in splits.items():
         (category / split).mkdir(parents=True, exist_ok=True)
         for relative in paths:
             shutil.copyfile(folder / relative, category / split / Path(relative).name)
     return {
         "source": "elpv-dataset 1.0.0.post1 (real EL images, real defects; CC BY-NC-SA 4.0)",
-        "train_images": n_train,
-        "test_good": len(good) - n_train,
+        "train_images": len(train),
+        "test_good": len(test_good),
         "test_defective": len(defective),
         "split": "seeded random split of p=0 cells; cells of one module may fall on both sides",
         "defective_definition": "defect probability 1.0",
         "seed": seed,
         "masks": "none: image-level only",
         "files": {split: [Path(p).name for p in paths] for split, paths in splits.items()},
+    }
+
+
+MODULE_GRID = (3, 4)  # (rows, columns) of cells in one module image: 900 x 1200 px
+CELL = 300  # side of an ELPV cell, pixels
+
+
+def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n_test_good: int = 16,
+                      n_defective: int = 30) -> dict:
+    """Write `elpv_module_TYPE`: 1200 x 900 px modules of 3 x 4 real cells; each defective module holds one real
+    defective cell (p = 1) at a random place, its mask the whole cell (ELPV labels cells, not pixels).
+
+    Train modules use the cells of `elpv_TYPE`'s train split, each cell once; test modules draw from its test cells.
+    """
+    cell_type = name.removeprefix("elpv_module_")
+    folder, _ = elpv_labels()
+    train_cells, test_cells = elpv_good_split(cell_type, seed)
+    defective = elpv_defective(cell_type)
+    rows, columns = MODULE_GRID
+    per_module = rows * columns
+    if n_train * per_module > len(train_cells):
+        raise DatasetError(f"{name}: {n_train} train modules need {n_train * per_module} cells, "
+                           f"the split has {len(train_cells)}")
+    rng = np.random.default_rng(seed)
+
+    def module(cells: list[str]) -> np.ndarray:
+        pixels = [np.asarray(Image.open(folder / cell).convert("L")) for cell in cells]
+        return np.block([pixels[row * columns : (row + 1) * columns] for row in range(rows)])
+
+    def test_cells_for_module() -> list[str]:
+        return [test_cells[i] for i in rng.choice(len(test_cells), per_module, replace=False)]
+
+    category = root / name
+    train_order = rng.permutation(len(train_cells))
+    for i in range(n_train):
+        cells = [train_cells[j] for j in train_order[i * per_module : (i + 1) * per_module]]
+        _save_png(module(cells), category / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        _save_png(module(test_cells_for_module()), category / "test" / "good" / f"{i:03d}.png")
+    places = {"corner": 0, "edge": 0, "interior": 0}
+    for i, chosen in enumerate(rng.choice(len(defective), n_defective, replace=False)):
+        cells = test_cells_for_module()
+        place = int(rng.integers(per_module))
+        cells[place] = defective[chosen]
+        row, column = divmod(place, columns)
+        on_rows, on_columns = row in (0, rows - 1), column in (0, columns - 1)
+        places["corner" if on_rows and on_columns else "edge" if on_rows or on_columns else "interior"] += 1
+        mask = np.zeros((rows * CELL, columns * CELL), dtype=np.uint8)
+        mask[row * CELL : (row + 1) * CELL, column * CELL : (column + 1) * CELL] = 255
+        _save_png(module(cells), category / "test" / "defective" / f"{i:03d}.png")
+        _save_png(mask, category / "ground_truth" / "defective" / f"{i:03d}_mask.png")
+    return {
+        "source": "elpv-dataset 1.0.0.post1 (real EL cells, real defects; CC BY-NC-SA 4.0), assembled into modules",
+        "image_size": [columns * CELL, rows * CELL],
+        "train_images": n_train,
+        "test_good": n_test_good,
+        "test_defective": n_defective,
+        "defects": f"one real defective cell (p = 1) per defective module, in a corner {places['corner']}, "
+                   f"on an edge {places['edge']}, inside {places['interior']} times",
+        "masks": "the defective cell's square (cell-level labels): pixel AUROC and PRO are coarse here",
+        "split": f"train modules from elpv_{cell_type}'s train cells (each cell once); test modules from its "
+                 "test cells (a cell may appear in several test modules)",
+        "seed": seed,
     }
 
 
@@ -345,6 +421,8 @@ def build_offline_benchmarks(
                 description[category] = build_texture(category, staging, seed)
             elif category in HIRES:
                 description[category] = build_hires(category, staging, seed)
+            elif category in ELPV_MODULES:
+                description[category] = build_elpv_module(category, staging, seed)
             else:
                 description[category] = build_elpv(category.removeprefix("elpv_"), staging, seed)
             target = root / category
