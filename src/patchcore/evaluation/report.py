@@ -48,7 +48,8 @@ def write_report(results: Sequence[CategoryResult], params: dict, out_dir: Path,
         f"<p>Command: <code>{html.escape(command)}</code><br>Date: {when}. Machine: "
         f"{html.escape(machine_description())}.<br>Parameters: <code>{html.escape(str(params))}</code></p>",
         "<h2>Summary</h2>", markdown_to_html(markdown_table(rows)),
-        "<p>Threshold: set on held-out good training images at the model's false-alarm rate; the test "
+        "<p>Threshold: set at the model's false-alarm rate on scores of good training images that were left "
+        "out of the bank that scored them (cross-fit folds, or the --validation images); the test "
         "columns show what it does on the test set. F1-optimal: the best F1 any threshold reaches on the "
         "test labels, in hindsight (never used by the model).</p>",
     ]
@@ -126,7 +127,7 @@ def histogram_plot(labels: np.ndarray, scores: np.ndarray, threshold: float | No
     axes.hist(scores[labels == 0], bins=bins, alpha=0.6, color="#2e7d32", label="good")
     axes.hist(scores[labels == 1], bins=bins, alpha=0.6, color="#c62828", label="defect")
     if threshold is not None:
-        axes.axvline(threshold, color="#1d2430", label="threshold (held-out good)")
+        axes.axvline(threshold, color="#1d2430", label="threshold (good, left out)")
     if f1_threshold is not None:
         axes.axvline(f1_threshold, color="#1d2430", linestyle="--", label="F1-optimal (test)")
     axes.set(xlabel="image score", ylabel="images", title="Scores of test images")
