@@ -72,6 +72,18 @@ def test_high_resolution_panels_hold_one_small_defect_each_half_at_an_edge(tmp_p
         assert 1 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 24  # small: at most 24 px across
         touching += ys.min() == 0 or xs.min() == 0 or ys.max() == 719 or xs.max() == 1999
     assert touching == len(DEFECTS)  # every other defect touches an edge
+    # regions.json traces every region of every panel to where it was cut from the photo
+    from patchcore.data.offline import texture_photo
+
+    regions = json.loads((category / "regions.json").read_text())
+    (height, width), photo = regions["region_size"], texture_photo("gravel")
+    panel = np.asarray(Image.open(category / "test" / "good" / "000.png"))
+    origins = regions["origins"]["test/good/000.png"]
+    assert len(origins) == 48 and len(regions["origins"]) == 2 + 1 + 2 * len(DEFECTS)
+    for index, (y, x) in enumerate(origins):
+        row, column = divmod(index, regions["grid"][1])
+        region = panel[row * height : (row + 1) * height, column * width : (column + 1) * width]
+        assert np.array_equal(region, photo[y : y + height, x : x + width])
 
 
 def test_elpv_modules_hold_train_cells_or_one_real_defective_cell_marked_by_its_mask(tmp_path: Path) -> None:

@@ -198,16 +198,19 @@ BANDS = 4
 SMALL_DEFECT = (8, 24)  # side of a defect's square, pixels at native resolution
 
 
-def _panel(photo: np.ndarray, rng: np.random.Generator, test: bool) -> np.ndarray:
+def _panel(photo: np.ndarray, rng: np.random.Generator, test: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A mosaic panel and, region by region (row-major), the photo position each region was cut from."""
     height, width = REGION
     panel = np.empty((height * REGION_ROWS, width * REGION_COLUMNS), dtype=np.uint8)
+    origins = []
     for row in range(REGION_ROWS):
         for column in range(REGION_COLUMNS):
             band = photo.shape[0] // BANDS
             y = band * (2 * int(rng.integers(BANDS // 2)) + int(test)) + int(rng.integers(band - height + 1))
             x = int(rng.integers(photo.shape[1] - width + 1))
             panel[row * height : (row + 1) * height, column * width : (column + 1) * width] = photo[y : y + height, x : x + width]
-    return panel
+            origins.append((y, x))
+    return panel, origins
 
 
 def small_defect(panel: np.ndarray, rng: np.random.Generator, kind: str, donor: np.ndarray,
@@ -257,19 +260,30 @@ def build_hires(name: str, root: Path, seed: int = 0, n_train: int = 12, n_test_
     photo, donor = texture_photo(texture), texture_photo(FOREIGN_DONOR[texture])
     rng = np.random.default_rng(seed)
     category = root / name
+    regions = {}  # each panel's regions' positions in the photo, to trace a map peak to what the photo shows there
+
+    def write_panel(relative: str, test: bool) -> np.ndarray:
+        panel, regions[relative] = _panel(photo, rng, test)
+        return panel
+
     for i in range(n_train):
-        _save_png(_panel(photo, rng, test=False), category / "train" / "good" / f"{i:03d}.png")
+        relative = f"train/good/{i:03d}.png"
+        _save_png(write_panel(relative, test=False), category / relative)
     for i in range(n_test_good):
-        _save_png(_panel(photo, rng, test=True), category / "test" / "good" / f"{i:03d}.png")
+        relative = f"test/good/{i:03d}.png"
+        _save_png(write_panel(relative, test=True), category / relative)
     at_border = 0
     for defect in DEFECTS:
         for i in range(n_per_defect):
-            panel = _panel(photo, rng, test=True)
+            relative = f"test/{defect}/{i:03d}.png"
+            panel = write_panel(relative, test=True)
             border = i % 2 == 0
             at_border += border
             mask = small_defect(panel, rng, defect, donor, border)
-            _save_png(panel, category / "test" / defect / f"{i:03d}.png")
+            _save_png(panel, category / relative)
             _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
+    (category / "regions.json").write_text(json.dumps(
+        {"region_size": list(REGION), "grid": [REGION_ROWS, REGION_COLUMNS], "origins": regions}))
     height, width = REGION[0] * REGION_ROWS, REGION[1] * REGION_COLUMNS
     return {
         "source": f"scikit-image data/{texture}.png (real photo) at native resolution, defects synthetic",
