@@ -68,7 +68,7 @@ def main() -> None:
             column_count = regions["grid"][1]
             origin_y, origin_x = regions["origins"][relative][(y // unit[0]) * column_count + x // unit[1]]
             spot = (origin_y + y % unit[0], origin_x + x % unit[1])
-            photo_spots.append((spot[0] // 64, spot[1] // 64))
+            photo_spots.append((int(spot[0]) // 64, int(spot[1]) // 64))
             line += f" = photo ({spot[0]:3d}, {spot[1]:3d})"
         labels.append(sample.is_anomalous)
         peaks.append(float(np.nanmax(amap)))

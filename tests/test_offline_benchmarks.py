@@ -113,3 +113,24 @@ def test_elpv_modules_hold_train_cells_or_one_real_defective_cell_marked_by_its_
         assert sum(marked) == 1 and sum(bool(cell.any()) for cell in mask_cells) == 1  # exactly one whole cell
         for cell, is_marked in zip(cells_of(path), marked):
             assert cell.tobytes() in (defective if is_marked else test)
+
+
+def test_elpv_small_defect_modules_share_the_good_modules_and_mark_each_defect_by_its_pixels(tmp_path: Path) -> None:
+    from patchcore.data.offline import DEFECTS, build_elpv_module
+
+    build_elpv_module("elpv_module_mono", tmp_path, seed=2, n_train=2, n_test_good=1, n_defective=5)
+    build_elpv_module("elpv_module_mono_small", tmp_path, seed=2, n_train=2, n_test_good=1, n_defective=10)
+    real, small = tmp_path / "elpv_module_mono", tmp_path / "elpv_module_mono_small"
+    for relative in ("train/good/000.png", "train/good/001.png", "test/good/000.png"):
+        assert (real / relative).read_bytes() == (small / relative).read_bytes()
+    masks = sorted((small / "ground_truth").rglob("*_mask.png"))
+    assert len(masks) == 2 * len(DEFECTS)
+    touching = 0
+    for path in masks:
+        mask = np.asarray(Image.open(path)) > 0
+        ys, xs = np.nonzero(mask)
+        assert mask.shape == (900, 1200) and 1 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 24
+        touching += ys.min() == 0 or xs.min() == 0 or ys.max() == 899 or xs.max() == 1199
+        image = np.asarray(Image.open(small / "test" / path.parent.name / path.name.replace("_mask", "")))
+        assert image.shape == (900, 1200)
+    assert touching == len(DEFECTS)  # every other defect touches an edge

@@ -633,7 +633,8 @@ def datasets() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--install", is_flag=True, help="pip-install missing source packages (scikit-image, elpv-dataset).")
 def build_offline(root: Path, categories: str | None, seed: int, install: bool) -> None:
-    """Write the real-data offline benchmarks (textures with synthetic defects, ELPV) under ROOT."""
+    """Write the real-data offline benchmarks under ROOT: texture crops and 2000 x 720 panels with synthetic
+    defects, ELPV cells and 1200 x 900 modules with real (and small synthetic) defects."""
     from patchcore.data.offline import OFFLINE_CATEGORIES, build_offline_benchmarks, install_packages, missing_packages
 
     chosen = tuple(categories.split(",")) if categories else OFFLINE_CATEGORIES

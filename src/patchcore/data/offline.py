@@ -5,7 +5,8 @@ inside seven tiles, test crops inside the other two, so none overlaps a train cr
 *synthetic* defects pasted on the held-out crops.
 ELPV: real electroluminescence solar-cell images with real defects, image-level labels only.
 High resolution: 2000 x 720 px texture panels with small synthetic defects (`hires_*`), and 1200 x 900 px
-ELPV modules of 3 x 4 cells holding one real defective cell (`elpv_module_*`).
+ELPV modules of 3 x 4 real cells holding one real defective cell (`elpv_module_TYPE`) or one small synthetic
+defect (`elpv_module_TYPE_small`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ TEXTURES = ("brick", "grass", "gravel")
 FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
 HIRES = tuple(f"hires_{texture}" for texture in TEXTURES)
-ELPV_MODULES = ("elpv_module_mono", "elpv_module_poly")
+ELPV_MODULES = ("elpv_module_mono", "elpv_module_poly", "elpv_module_mono_small", "elpv_module_poly_small")
 OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + HIRES + ELPV_MODULES
 
 # The registry package each benchmark is built from: (import name, pip requirement).
@@ -357,15 +358,19 @@ CELL = 300  # side of an ELPV cell, pixels
 
 def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n_test_good: int = 16,
                       n_defective: int = 30) -> dict:
-    """Write `elpv_module_TYPE`: 1200 x 900 px modules of 3 x 4 real cells; each defective module holds one real
-    defective cell (p = 1) at a random place, its mask the whole cell (ELPV labels cells, not pixels).
+    """Write an ELPV module category: 1200 x 900 px modules of 3 x 4 real cells, aspect ratio and native
+    resolution of the cells kept. Each defective module of `elpv_module_TYPE` holds one real defective cell
+    (p = 1) at a random place, its mask the whole cell (ELPV labels cells, not pixels); each of
+    `elpv_module_TYPE_small` holds one small synthetic defect (8-24 px, half of them touching an edge)
+    with its pixel mask, on otherwise good cells.
 
-    Train modules use the cells of `elpv_TYPE`'s train split, each cell once; test modules draw from its test cells.
+    Train modules use the cells of `elpv_TYPE`'s train split, each cell once; test modules draw from its test
+    cells. Both variants of one type share their train and good test modules.
     """
-    cell_type = name.removeprefix("elpv_module_")
+    small = name.endswith("_small")
+    cell_type = name.removeprefix("elpv_module_").removesuffix("_small")
     folder, _ = elpv_labels()
     train_cells, test_cells = elpv_good_split(cell_type, seed)
-    defective = elpv_defective(cell_type)
     rows, columns = MODULE_GRID
     per_module = rows * columns
     if n_train * per_module > len(train_cells):
@@ -373,8 +378,11 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
                            f"the split has {len(train_cells)}")
     rng = np.random.default_rng(seed)
 
+    def load(cell: str) -> np.ndarray:
+        return np.asarray(Image.open(folder / cell).convert("L"))
+
     def module(cells: list[str]) -> np.ndarray:
-        pixels = [np.asarray(Image.open(folder / cell).convert("L")) for cell in cells]
+        pixels = [load(cell) for cell in cells]
         return np.block([pixels[row * columns : (row + 1) * columns] for row in range(rows)])
 
     def test_cells_for_module() -> list[str]:
@@ -387,6 +395,32 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
         _save_png(module(cells), category / "train" / "good" / f"{i:03d}.png")
     for i in range(n_test_good):
         _save_png(module(test_cells_for_module()), category / "test" / "good" / f"{i:03d}.png")
+    description = {
+        "source": "elpv-dataset 1.0.0.post1 (real EL cells; CC BY-NC-SA 4.0), assembled into modules",
+        "image_size": [columns * CELL, rows * CELL],
+        "train_images": n_train,
+        "test_good": n_test_good,
+        "test_defective": n_defective,
+        "split": f"train modules from elpv_{cell_type}'s train cells (each cell once); test modules from its "
+                 "test cells (a cell may appear in several test modules)",
+        "seed": seed,
+    }
+    if small:
+        # Foreign material: a good cell of the other type (poly grains in a mono cell, and the reverse).
+        donor = load(elpv_good_split("poly" if cell_type == "mono" else "mono", seed)[0][0])
+        at_border = 0
+        for defect in DEFECTS:
+            for i in range(n_defective // len(DEFECTS)):
+                pixels = module(test_cells_for_module())
+                at_border += i % 2 == 0
+                mask = small_defect(pixels, rng, defect, donor, at_border=i % 2 == 0)
+                _save_png(pixels, category / "test" / defect / f"{i:03d}.png")
+                _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
+        description["test_defective"] = n_defective // len(DEFECTS) * len(DEFECTS)
+        description["defects"] = (f"synthetic, one per defective module, {SMALL_DEFECT[0]}-{SMALL_DEFECT[1]} px "
+                                  f"across ({', '.join(DEFECTS)}); {at_border} touch an image edge")
+        return description
+    defective = elpv_defective(cell_type)
     places = {"corner": 0, "edge": 0, "interior": 0}
     for i, chosen in enumerate(rng.choice(len(defective), n_defective, replace=False)):
         cells = test_cells_for_module()
@@ -399,19 +433,10 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
         mask[row * CELL : (row + 1) * CELL, column * CELL : (column + 1) * CELL] = 255
         _save_png(module(cells), category / "test" / "defective" / f"{i:03d}.png")
         _save_png(mask, category / "ground_truth" / "defective" / f"{i:03d}_mask.png")
-    return {
-        "source": "elpv-dataset 1.0.0.post1 (real EL cells, real defects; CC BY-NC-SA 4.0), assembled into modules",
-        "image_size": [columns * CELL, rows * CELL],
-        "train_images": n_train,
-        "test_good": n_test_good,
-        "test_defective": n_defective,
-        "defects": f"one real defective cell (p = 1) per defective module, in a corner {places['corner']}, "
-                   f"on an edge {places['edge']}, inside {places['interior']} times",
-        "masks": "the defective cell's square (cell-level labels): pixel AUROC and PRO are coarse here",
-        "split": f"train modules from elpv_{cell_type}'s train cells (each cell once); test modules from its "
-                 "test cells (a cell may appear in several test modules)",
-        "seed": seed,
-    }
+    description["defects"] = (f"real: one defective cell (p = 1) per defective module, in a corner "
+                              f"{places['corner']}, on an edge {places['edge']}, inside {places['interior']} times")
+    description["masks"] = "the defective cell's square (cell-level labels): pixel AUROC and PRO are coarse here"
+    return description
 
 
 def build_offline_benchmarks(
