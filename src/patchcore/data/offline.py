@@ -254,6 +254,23 @@ def small_defect(panel: np.ndarray, rng: np.random.Generator, kind: str, donor: 
     return mask
 
 
+def _write_small_defects(category: Path, rng: np.random.Generator, donor: np.ndarray, n_per_defect: int,
+                         good_image: Callable[[str], np.ndarray]) -> int:
+    """For each kind of DEFECTS, `n_per_defect` fresh good images (`good_image(relative path)`) with one
+    `small_defect` each, every other one touching an edge, written with their masks; returns how many touch one."""
+    at_border = 0
+    for defect in DEFECTS:
+        for i in range(n_per_defect):
+            relative = f"test/{defect}/{i:03d}.png"
+            image = good_image(relative)
+            border = i % 2 == 0
+            at_border += border
+            mask = small_defect(image, rng, defect, donor, border)
+            _save_png(image, category / relative)
+            _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
+    return at_border
+
+
 def build_hires(name: str, root: Path, seed: int = 0, n_train: int = 12, n_test_good: int = 16,
                 n_per_defect: int = 6) -> dict:
     """Write a high-resolution panel category (`hires_TEXTURE`): 2000 x 720 px, one small defect per defective image."""
@@ -273,16 +290,8 @@ def build_hires(name: str, root: Path, seed: int = 0, n_train: int = 12, n_test_
     for i in range(n_test_good):
         relative = f"test/good/{i:03d}.png"
         _save_png(write_panel(relative, test=True), category / relative)
-    at_border = 0
-    for defect in DEFECTS:
-        for i in range(n_per_defect):
-            relative = f"test/{defect}/{i:03d}.png"
-            panel = write_panel(relative, test=True)
-            border = i % 2 == 0
-            at_border += border
-            mask = small_defect(panel, rng, defect, donor, border)
-            _save_png(panel, category / relative)
-            _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
+    at_border = _write_small_defects(category, rng, donor, n_per_defect,
+                                     lambda relative: write_panel(relative, test=True))
     (category / "regions.json").write_text(json.dumps(
         {"region_size": list(REGION), "grid": [REGION_ROWS, REGION_COLUMNS], "origins": regions}))
     height, width = REGION[0] * REGION_ROWS, REGION[1] * REGION_COLUMNS
@@ -400,7 +409,6 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
         "image_size": [columns * CELL, rows * CELL],
         "train_images": n_train,
         "test_good": n_test_good,
-        "test_defective": n_defective,
         "split": f"train modules from elpv_{cell_type}'s train cells (each cell once); test modules from its "
                  "test cells (a cell may appear in several test modules)",
         "seed": seed,
@@ -408,19 +416,15 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
     if small:
         # Foreign material: a good cell of the other type (poly grains in a mono cell, and the reverse).
         donor = load(elpv_good_split("poly" if cell_type == "mono" else "mono", seed)[0][0])
-        at_border = 0
-        for defect in DEFECTS:
-            for i in range(n_defective // len(DEFECTS)):
-                pixels = module(test_cells_for_module())
-                at_border += i % 2 == 0
-                mask = small_defect(pixels, rng, defect, donor, at_border=i % 2 == 0)
-                _save_png(pixels, category / "test" / defect / f"{i:03d}.png")
-                _save_png(mask.astype(np.uint8) * 255, category / "ground_truth" / defect / f"{i:03d}_mask.png")
-        description["test_defective"] = n_defective // len(DEFECTS) * len(DEFECTS)
+        n_per_defect = n_defective // len(DEFECTS)
+        at_border = _write_small_defects(category, rng, donor, n_per_defect,
+                                         lambda relative: module(test_cells_for_module()))
+        description["test_defective"] = n_per_defect * len(DEFECTS)
         description["defects"] = (f"synthetic, one per defective module, {SMALL_DEFECT[0]}-{SMALL_DEFECT[1]} px "
                                   f"across ({', '.join(DEFECTS)}); {at_border} touch an image edge")
         return description
     defective = elpv_defective(cell_type)
+    description["test_defective"] = n_defective
     places = {"corner": 0, "edge": 0, "interior": 0}
     for i, chosen in enumerate(rng.choice(len(defective), n_defective, replace=False)):
         cells = test_cells_for_module()
