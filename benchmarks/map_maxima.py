@@ -7,13 +7,12 @@
 
 Fits on the category's train/good images and prints one line per test image: its score, where its
 map peaks (also within the hires panels' 120 x 250 px regions, to spot mosaic seams, or the modules'
-300 px cells) and, for a
-defective image, the peak's distance to the defect and the map's highest value on the defect. Ends
-with the map-maximum AUROC (each image scored by its map's maximum) and the share of defective
-images whose peak lies within 4 px of the defect. For the hires panels (their `regions.json`) it also
-traces each peak to the spot of the source photo it shows, and counts how many peaks share a spot.
-`--reflect-pad N` pads every image by N px of
-reflection before the model and crops the maps back: a trial of whether image edges cause false peaks.
+300 px cells) and, for a defective image, the peak's distance to the defect and the map's highest
+value on the defect. Ends with the map-maximum AUROC (each image scored by its map's maximum) and the
+share of defective images whose peak lies within 4 px of the defect. For the hires panels (their
+`regions.json`) it also traces each peak to the spot of the source photo it shows, and counts how
+many peaks share a spot. `--reflect-pad N` pads every image by N px of reflection before the model
+and crops the maps back: a trial of whether image edges cause false peaks.
 """
 
 from __future__ import annotations
