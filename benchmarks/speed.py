@@ -72,8 +72,7 @@ def main() -> None:
         grids = [grid for _, grid in model._score_pictures([model._picture(p) for p in pictures])]
 
         def maps() -> None:
-            for grid, picture in zip(grids, pictures):
-                model._to_original(grid, picture.size)
+            model._maps(grids, [picture.size for picture in pictures])
 
         def end_to_end() -> None:
             for _ in model.iter_predict(pictures):

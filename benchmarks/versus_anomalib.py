@@ -75,9 +75,9 @@ def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) ->
         """Our scoring of the pictures the batches were made from (normalising them is part of ours)."""
         scores, start = [], 0
         for batch in batches:
-            for score, grid in model._score_pictures([model._picture(p) for p in test_pictures[start : start + len(batch)]]):
-                model._to_original(grid, (224, 224))
-                scores.append(score)
+            batch_scores, grids = zip(*model._score_pictures([model._picture(p) for p in test_pictures[start : start + len(batch)]]))
+            model._maps(list(grids), [(224, 224)] * len(grids))
+            scores += batch_scores
             start += len(batch)
         return scores
 

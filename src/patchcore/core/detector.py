@@ -100,6 +100,8 @@ class Picture:
 BATCH_PIXELS = 256 * 256
 # Decoded pictures held at once while predicting, in pixels: bounds memory on camera-sized images.
 CHUNK_PIXELS = 48_000_000
+# Anomaly maps made at once, in pixels: batches small images' maps, keeps one large image's alone.
+MAP_BATCH_PIXELS = 8_000_000
 # Backbone arithmetic by name: None runs in float32, the others under autocast.
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -365,9 +367,11 @@ class Detector(BaseEstimator, ABC):
             per_batch = max(1, self.batch_size * BATCH_PIXELS // (height * width))
             for start in range(0, len(group), per_batch):
                 entries = group[start : start + per_batch]
-                batch = torch.stack([preprocessor.normalise(pixels[i][t.y : t.y + t.height, t.x : t.x + t.width])
-                                     for i, t in entries])
-                yield entries, batch.to(self.device_, memory_format=torch.channels_last)
+                batch = torch.from_numpy(np.stack([pixels[i][t.y : t.y + t.height, t.x : t.x + t.width]
+                                                   for i, t in entries]))
+                if self.device_.type == "cuda":  # page-locked: the copy runs without blocking this thread
+                    batch = batch.pin_memory()
+                yield entries, preprocessor.normalise(batch.to(self.device_, non_blocking=True))
 
     def _training_batches(self, items: list[ImageInput]) -> Iterator[torch.Tensor]:
         """Every network batch of the training images, for methods that need no tile bookkeeping."""
@@ -385,9 +389,21 @@ class Detector(BaseEstimator, ABC):
                 results[i] = (score, grid)
         return results
 
-    def _to_original(self, grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """A picture's patch-score grid as its anomaly map, at its own size."""
-        return self.preprocessor_.to_original(grid, size, self.blur_sigma)
+    def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Pictures' patch-score grids as anomaly maps at their own (W, H) `sizes`. Pictures of one size are
+        mapped together, up to MAP_BATCH_PIXELS at a time: one transfer from the device per batch, not per picture."""
+        maps: list[np.ndarray] = [None] * len(grids)  # type: ignore[list-item]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            by_size.setdefault(size, []).append(i)
+        for size, indices in by_size.items():
+            per_batch = max(1, MAP_BATCH_PIXELS // (size[0] * size[1]))
+            for start in range(0, len(indices), per_batch):
+                batch = indices[start : start + per_batch]
+                stacked = self.preprocessor_.to_original(torch.stack([grids[i] for i in batch]), size, self.blur_sigma)
+                for i, amap in zip(batch, stacked):
+                    maps[i] = amap
+        return maps
 
     # -- inference --------------------------------------------------------------------------
 
@@ -409,8 +425,12 @@ class Detector(BaseEstimator, ABC):
         items = collect_images(images)
         threshold = self.decision_threshold()
         for chunk, pictures in self._picture_chunks(items, "predict"):
-            for item, picture, (score, grid) in zip(chunk, pictures, self._score_pictures(pictures)):
-                amap = self._to_original(grid, picture.size) if with_maps else np.empty((0, 0), dtype=np.float32)
+            scores, grids = zip(*self._score_pictures(pictures))
+            if with_maps:
+                maps = self._maps(list(grids), [picture.size for picture in pictures])
+            else:
+                maps = [np.empty((0, 0), dtype=np.float32)] * len(pictures)
+            for item, score, amap in zip(chunk, scores, maps):
                 source = str(item) if isinstance(item, (str, Path)) else None
                 yield Prediction.decided(float(score), amap, source, threshold)
 

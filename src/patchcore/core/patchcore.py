@@ -385,12 +385,13 @@ class PatchCore(Detector):
                               self._bank_tensor, self.index_.search_tensor, self.num_neighbours, self.reweight)
         return list(zip(scores.tolist(), grids))
 
-    def _to_original(self, grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        amap = super()._to_original(grid, size)
+    def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        maps = super()._maps(grids, sizes)
         if self.roi_mask_ is not None:
-            inside = np.asarray(Image.fromarray(self.roi_mask_).resize(size, Image.NEAREST))
-            amap[~inside] = np.nan
-        return amap
+            for amap, size in zip(maps, sizes):
+                inside = np.asarray(Image.fromarray(self.roi_mask_).resize(size, Image.NEAREST))
+                amap[~inside] = np.nan
+        return maps
 
     # -- persistence ------------------------------------------------------------------------
 
