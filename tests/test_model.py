@@ -143,3 +143,17 @@ def test_decoding_in_threads_gives_the_same_scores_in_the_same_order(fitted_mode
     finally:
         fitted_model.loader_threads = None
     np.testing.assert_array_equal(threaded, inline)
+
+
+def test_predict_never_waits_for_the_device_per_image(fitted_model, good_test_crops) -> None:
+    # A read of one device value (`.item()`, indexing by a tensor) stalls a GPU's queue; predict may read
+    # a fixed number per call (the scores), never one per image or tile. Counted on any device.
+    from torch.profiler import ProfilerActivity, profile
+
+    def scalar_reads(images: list) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fitted_model.predict(images)
+        return sum(event.count for event in prof.key_averages() if event.key == "aten::_local_scalar_dense")
+
+    assert len(good_test_crops) >= 4
+    assert scalar_reads(good_test_crops[:1]) == scalar_reads(good_test_crops[:4]) <= 2

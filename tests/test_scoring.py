@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from patchcore.core.scoring import anomaly_maps, image_scores, map_operators
+from patchcore.core.scoring import anomaly_maps, image_scores, map_operators, segment_argmax
 from patchcore.search import make_index
 
 BANK = torch.tensor([[0, 0], [1, 0], [3, 0], [10, 0]], dtype=torch.float32)
@@ -28,6 +28,18 @@ def test_image_score_applies_eq7_around_the_worst_patch() -> None:
     assert score(BANK, PATCHES, 3, reweight=False) == pytest.approx(2.0)
     # b = 1: N_1(m*) = {m*}; read as no reweighting (Eq. 7 literally would give 0 for every image).
     assert score(BANK, PATCHES, 1) == pytest.approx(2.0)
+
+
+def test_segment_argmax_picks_each_segments_first_largest_value() -> None:
+    values = torch.tensor([1.0, 5.0, 5.0, 2.0, -np.inf, -np.inf, 7.0, 0.5, 7.0])
+    segments = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 3])  # a segment wholly -inf (outside a region) still gets one
+    assert segment_argmax(values, segments, 4).tolist() == [1, 3, 4, 6]
+    # Interleaved segments, against argmax segment by segment.
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 20, (500,), generator=generator).float()
+    segments = torch.randint(0, 37, (500,), generator=generator)
+    expected = [int(torch.nonzero(segments == s)[values[segments == s].argmax(), 0]) for s in range(37)]
+    assert segment_argmax(values, segments, 37).tolist() == expected
 
 
 def test_eq7_weight_of_equidistant_neighbours_is_stable_for_large_distances() -> None:

@@ -18,7 +18,7 @@ from patchcore.core.detector import Detector, Picture
 from patchcore.core.features import FeatureExtractor
 from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
                                      random_subsample)
-from patchcore.core.scoring import image_scores
+from patchcore.core.scoring import image_scores, segment_argmax
 from patchcore.core.thresholds import NEAR_DUPLICATE_RATIO, fold_bounds, fold_of_images, repeat_ratios
 from patchcore.io.images import ImageInput, collect_images, load_image, load_mask_image, read_image_size
 from patchcore.params import documented, int_or_raw, param
@@ -210,12 +210,13 @@ class PatchCore(Detector):
         rows, columns = self.preprocessor_.grid_size(self.preprocessor_.network_size(size))
         return rows * columns
 
-    def _inside(self, size: tuple[int, int], place: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor | None:
-        """Which patches of a tile's core lie in the region of interest (None: all)."""
+    def _inside(self, size: tuple[int, int], place: tuple[int, int], shape: tuple[int, int]) -> np.ndarray | None:
+        """Which patches of a tile's core lie in the region of interest (None: all); on the host, so that
+        asking whether any does never waits for the device."""
         region = self._region(size)
         if region is None:
             return None
-        return torch.from_numpy(region[place[0] : place[0] + shape[0], place[1] : place[1] + shape[1]].copy())
+        return np.ascontiguousarray(region[place[0] : place[0] + shape[0], place[1] : place[1] + shape[1]])
 
     @torch.inference_mode()
     def _patch_rows(self, items: list[ImageInput]) -> Iterator[tuple[int, np.ndarray]]:
@@ -228,7 +229,8 @@ class PatchCore(Detector):
                     top, bottom, left, right = tile.core
                     core = grid[top:bottom, left:right]
                     inside = self._inside(pictures[i].size, tile.place, core.shape[:2])
-                    yield first + i, (core.reshape(-1, core.shape[-1]) if inside is None else core[inside]).numpy()
+                    rows = core.reshape(-1, core.shape[-1]) if inside is None else core[torch.from_numpy(inside)]
+                    yield first + i, rows.numpy()
             first += len(chunk)
 
     def _set_bank(self, bank: np.ndarray, index_state: np.ndarray | None = None) -> None:
@@ -340,48 +342,55 @@ class PatchCore(Detector):
     @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
     def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
         """Patch distances tile by tile into each picture's grid (memory bounded by a batch of tiles), the
-        worst patch of each picture kept; then Eq. 7 on that patch."""
+        worst patch of each tile kept, then of each picture; then Eq. 7 on that patch."""
         preprocessor = self.preprocessor_
         sizes = [picture.size for picture in pictures]
-        # Everything stays on the model's device (features, search, Eq. 7, maps): only scores and maps leave it.
+        # Everything stays on the model's device (features, search, Eq. 7, maps), and nothing waits for it
+        # until the scores are read: per-tile choices are tensor ops, never Python values.
         grids = [torch.zeros(preprocessor.grid_size(preprocessor.network_size(size)), device=self.device_)
                  for size in sizes]
-        # Each tile's worst patch (score, feature, nearest row), chosen per picture at the end: no device sync per tile.
-        tile_worst: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in pictures]
+        worst_values, worst_features, worst_found, owners = [], [], [], []
         for entries, batch in self._network_batches(pictures):
             features = self.extractor_(batch).float()
-            cores = [grid[t.core[0] : t.core[1], t.core[2] : t.core[3]] for (_, t), grid in zip(entries, features)]
-            dim = features.shape[-1]
-            distances, nearest = self.index_.search_tensor(torch.cat([c.reshape(-1, dim) for c in cores]), k=1)
-            offset = 0
-            for (i, tile), core in zip(entries, cores):
+            cores, kept = [], []
+            for (i, tile), grid in zip(entries, features):
+                core = grid[tile.core[0] : tile.core[1], tile.core[2] : tile.core[3]]
+                inside = self._inside(sizes[i], tile.place, core.shape[:2])
+                if inside is not None and not inside.any():  # wholly outside the region: not inspected
+                    continue
+                cores.append(core)
+                kept.append((i, tile, inside))
+            if not cores:
+                continue
+            queries = torch.cat([core.reshape(-1, core.shape[-1]) for core in cores])
+            distances, nearest = self.index_.search_tensor(queries, k=1)
+            patch_scores, candidates, offset, tile_of_patch = distances[:, 0], [], 0, []
+            for n, ((i, tile, inside), core) in enumerate(zip(kept, cores)):
                 rows, columns = core.shape[:2]
-                patch_scores = distances[offset : offset + rows * columns, 0]
-                found = nearest[offset : offset + rows * columns, 0]
-                offset += rows * columns
-                inside = self._inside(sizes[i], tile.place, (rows, columns))
-                if inside is not None:  # outside the region: not inspected, 0 on the grid, never the worst
-                    if not inside.any():
-                        continue
-                    inside = inside.reshape(-1).to(patch_scores.device)
-                    patch_scores = torch.where(inside, patch_scores, torch.zeros_like(patch_scores))
-                    candidates = torch.where(inside, patch_scores, torch.full_like(patch_scores, -np.inf))
+                tile_scores = patch_scores[offset : offset + rows * columns]
+                if inside is not None:  # outside the region: 0 on the grid, never the worst
+                    inside = torch.from_numpy(inside.reshape(-1)).to(tile_scores.device)
+                    tile_scores = torch.where(inside, tile_scores, torch.zeros_like(tile_scores))
+                    candidates.append(torch.where(inside, tile_scores, torch.full_like(tile_scores, -np.inf)))
                 else:
-                    candidates = patch_scores
+                    candidates.append(tile_scores)
                 top, left = tile.place
-                grids[i][top : top + rows, left : left + columns] = patch_scores.reshape(rows, columns)
-                best = candidates.argmax()
-                tile_worst[i].append((candidates[best], core.reshape(-1, dim)[best], found[best]))
-        if not all(tile_worst):
+                grids[i][top : top + rows, left : left + columns] = tile_scores.reshape(rows, columns)
+                tile_of_patch.append(np.full(rows * columns, n))
+                offset += rows * columns
+            candidate_scores = torch.cat(candidates)
+            tile_ids = torch.from_numpy(np.concatenate(tile_of_patch)).to(candidate_scores.device)
+            best = segment_argmax(candidate_scores, tile_ids, len(kept))
+            worst_values.append(candidate_scores[best])
+            worst_features.append(queries[best])
+            worst_found.append(nearest[best, 0])
+            owners += [i for i, _, _ in kept]
+        if set(owners) != set(range(len(pictures))):
             raise ValueError("the region-of-interest mask leaves no patch of this image to inspect")
-        worst = []
-        for tiles in tile_worst:
-            values, worst_features, worst_found = (torch.stack(parts) for parts in zip(*tiles))
-            best = values.argmax()
-            worst.append((values[best], worst_features[best], worst_found[best]))
-        scores = image_scores(torch.stack([f for _, f, _ in worst])[:, None],
-                              torch.stack([s for s, _, _ in worst])[:, None],
-                              torch.stack([n for _, _, n in worst])[:, None],
+        values = torch.cat(worst_values)
+        worst = segment_argmax(values, torch.tensor(owners, device=values.device), len(pictures))
+        scores = image_scores(torch.cat(worst_features)[worst][:, None], values[worst][:, None],
+                              torch.cat(worst_found)[worst][:, None],
                               self._bank_tensor, self.index_.search_tensor, self.num_neighbours, self.reweight)
         return list(zip(scores.tolist(), grids))
 

@@ -53,6 +53,18 @@ def image_scores(
     return weight * scores
 
 
+def segment_argmax(values: torch.Tensor, segments: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """(n_segments,) indices into `values` (N,) of each segment's largest value, the first on ties, as
+    `argmax` picks; `segments` (N,) says which segment each value is in, and every segment must have one.
+    Tensor ops only: no device sync, whatever the number of segments."""
+    peaks = torch.full((n_segments,), -torch.inf, dtype=values.dtype, device=values.device)
+    peaks = peaks.scatter_reduce(0, segments, values, "amax")
+    positions = torch.arange(len(values), device=values.device)
+    at_peak = torch.where(values == peaks[segments], positions, len(values))
+    first = torch.full((n_segments,), len(values), dtype=torch.long, device=values.device)
+    return first.scatter_reduce(0, segments, at_peak, "amin")
+
+
 @lru_cache(maxsize=64)
 def map_operator(grid_size: int, size: int, blur_sigma: float) -> torch.Tensor:
     """(size, grid_size) matrix that upsamples one axis bilinearly, then blurs it (scipy's Gaussian, 'reflect').
