@@ -31,12 +31,17 @@ from patchcore.data.categories import load_category
 from patchcore.data.offline import CELL, REGION
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the map-maximum trials: which category, and the model's taps and coreset ratio."""
     parser.add_argument("root", type=Path)
     parser.add_argument("category")
     parser.add_argument("--layers", default=None, help="comma-separated taps (default: the backbone's)")
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(parser)
     parser.add_argument("--reflect-pad", type=int, default=0)
     args = parser.parse_args()
     category = load_category(args.root, args.category)

@@ -13,7 +13,6 @@ defect (as `patchcore evaluate` counts it) and the AUROC of the maps' maxima as 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -22,14 +21,12 @@ from sklearn.metrics import roc_auc_score
 from patchcore import PatchCore
 from patchcore.data.categories import load_category, load_mask
 from patchcore.evaluation.evaluate import peak_on_mask
+from map_maxima import add_model_options  # benchmarks/map_maxima.py, beside this script
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", type=Path)
-    parser.add_argument("category")
-    parser.add_argument("--layers", default=None, help="comma-separated taps (default: the backbone's)")
-    parser.add_argument("--coreset-ratio", type=float, default=0.1)
+    add_model_options(parser)
     args = parser.parse_args()
     category = load_category(args.root, args.category)
     train = list(category.train_images)
