@@ -352,20 +352,19 @@ class PatchCore(Detector):
         worst_values, worst_features, worst_found, owners = [], [], [], []
         for entries, batch in self._network_batches(pictures):
             features = self.extractor_(batch).float()
-            cores, kept = [], []
+            kept = []  # (picture index, tile, region-of-interest mask or None, core features) of each inspected tile
             for (i, tile), grid in zip(entries, features):
                 core = grid[tile.core[0] : tile.core[1], tile.core[2] : tile.core[3]]
                 inside = self._inside(sizes[i], tile.place, core.shape[:2])
-                if inside is not None and not inside.any():  # wholly outside the region: not inspected
-                    continue
-                cores.append(core)
-                kept.append((i, tile, inside))
-            if not cores:
+                if inside is None or inside.any():  # a tile wholly outside the region is not inspected
+                    kept.append((i, tile, inside, core))
+            if not kept:
                 continue
-            queries = torch.cat([core.reshape(-1, core.shape[-1]) for core in cores])
+            queries = torch.cat([core.reshape(-1, core.shape[-1]) for *_, core in kept])
             distances, nearest = self.index_.search_tensor(queries, k=1)
-            patch_scores, candidates, offset, tile_of_patch = distances[:, 0], [], 0, []
-            for n, ((i, tile, inside), core) in enumerate(zip(kept, cores)):
+            patch_scores = distances[:, 0]
+            candidates, tile_of_patch, offset = [], [], 0
+            for n, (i, tile, inside, core) in enumerate(kept):
                 rows, columns = core.shape[:2]
                 tile_scores = patch_scores[offset : offset + rows * columns]
                 if inside is not None:  # outside the region: 0 on the grid, never the worst
@@ -384,7 +383,7 @@ class PatchCore(Detector):
             worst_values.append(candidate_scores[best])
             worst_features.append(queries[best])
             worst_found.append(nearest[best, 0])
-            owners += [i for i, _, _ in kept]
+            owners += [i for i, *_ in kept]
         if set(owners) != set(range(len(pictures))):
             raise ValueError("the region-of-interest mask leaves no patch of this image to inspect")
         values = torch.cat(worst_values)
