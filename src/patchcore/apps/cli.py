@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from patchcore.errors import PatchCoreError
+from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
 from patchcore.params import CLI, HELP, PARSE, declared, value_type
 
 INDEX_PREFIX = "index_"
@@ -532,7 +533,7 @@ def export(model_dir: Path, export_format: str, out_file: Path | None, max_bank_
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--from-feedback", is_flag=True, help="Also add the images operators marked as good (MODEL_DIR/feedback).")
-@click.option("--keep", type=click.IntRange(min=0), default=5, show_default=True, help="Earlier versions kept.")
+@click.option("--keep", type=click.IntRange(min=0), default=DEFAULT_KEEP_VERSIONS, show_default=True, help="Earlier versions kept.")
 def update(model_dir: Path, images: tuple[Path, ...], from_feedback: bool, keep: int, device: str | None) -> None:
     """Add good IMAGES (files or folders) to the PatchCore model in MODEL_DIR without refitting: new patches
     join the bank where it does not already cover them, the threshold takes their nominal scores, and the
@@ -583,7 +584,7 @@ def versions(model_dir: Path) -> None:
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("version", type=int)
-@click.option("--keep", type=click.IntRange(min=0), default=5, show_default=True, help="Earlier versions kept.")
+@click.option("--keep", type=click.IntRange(min=0), default=DEFAULT_KEEP_VERSIONS, show_default=True, help="Earlier versions kept.")
 def rollback(model_dir: Path, version: int, keep: int) -> None:
     """Make kept VERSION the current model of MODEL_DIR again (verified first; the replaced one is kept)."""
     from patchcore.io.persistence import rollback as roll_back

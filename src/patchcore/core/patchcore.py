@@ -107,7 +107,7 @@ class PatchCore(Detector):
     def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
         started = time.perf_counter()
         self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
-        self._region_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._region_cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
         self.feature_dim_ = self.extractor_.feature_dim
         patches, patch_origins = self._collect_patches(items)
         if len(patches) == 0:
@@ -199,9 +199,16 @@ class PatchCore(Detector):
         """The patch grid's region of interest for an image of `size` (None: every patch)."""
         if self.roi_mask_ is None:
             return None
-        if size not in self._region_cache:
-            self._region_cache[size] = self.preprocessor_.region_grid(self.roi_mask_, size)
-        return self._region_cache[size]
+        if ("grid", size) not in self._region_cache:
+            self._region_cache["grid", size] = self.preprocessor_.region_grid(self.roi_mask_, size)
+        return self._region_cache["grid", size]
+
+    def _outside_pixels(self, size: tuple[int, int]) -> np.ndarray:
+        """Which pixels of an image of `size` lie outside the region of interest (computed once per size)."""
+        if ("pixels", size) not in self._region_cache:
+            inside = np.asarray(Image.fromarray(self.roi_mask_).resize(size, Image.NEAREST))
+            self._region_cache["pixels", size] = ~inside
+        return self._region_cache["pixels", size]
 
     def _n_patches(self, size: tuple[int, int]) -> int:
         region = self._region(size)
@@ -397,8 +404,7 @@ class PatchCore(Detector):
         maps = super()._maps(grids, sizes)
         if self.roi_mask_ is not None:
             for amap, size in zip(maps, sizes):
-                inside = np.asarray(Image.fromarray(self.roi_mask_).resize(size, Image.NEAREST))
-                amap[~inside] = np.nan
+                amap[self._outside_pixels(size)] = np.nan
         return maps
 
     # -- persistence ------------------------------------------------------------------------
