@@ -45,7 +45,8 @@ class PatchCore(Detector):
     feature_dim: int | Literal["raw"] | None = param(
         None, "Patch feature dimension, levels pooled to equal shares (the official code's merge); 'raw' "
               "concatenates every tapped channel (anomalib's). Default per backbone: raw for Lite0.", parse=int_or_raw)
-    patch_size: int = param(3, "Neighbourhood p of Eq. 1 (odd).")
+    patch_size: int = param(3, "Neighbourhood p of Eq. 1 (odd): patch features averaged over p x p. 1 finds "
+                               "defects of a few pixels far better, and loses on wide defects and textures.")
     patch_stride: int = param(1, "Stride s on the patch grid (Eq. 3).")
     sampler: str = param("greedy_coreset", "Memory-bank subsampling: greedy_coreset, random, learned_proxies "
                                            "(Eq. 8, with the softmax weight exp(-distance)) or none.")
