@@ -401,6 +401,10 @@ def exact_nearest(queries: torch.Tensor, bank: torch.Tensor, squared_norms: torc
         ranking = torch.addmm(squared_norms[None, :], queries, bank.T, alpha=-2.0)  # one fused pass
     else:
         ranking = squared_norms[None, :] - 2.0 * (queries.half() @ half_bank.T).float()
+    # One candidate: a min-reduction reads the matrix once; top-k's radix select took 1.2x the product's time on a GPU.
+    if candidates == 1:
+        nearest = ranking.argmin(dim=1, keepdim=True)
+        return (bank[nearest] - queries[:, None]).norm(dim=2), nearest
     nearest = ranking.topk(candidates, dim=1, largest=False).indices
     exact = (bank[nearest] - queries[:, None]).norm(dim=2)
     exact, order = exact.topk(k, dim=1, largest=False)

@@ -49,7 +49,7 @@ class Padim(Detector):
 
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, h*w, C) float64 features of the kept channels."""
-        features = self.extractor_(batch)[..., torch.from_numpy(self.channels_).to(batch.device)]
+        features = self._network(batch)[..., torch.from_numpy(self.channels_).to(batch.device)]
         return features.flatten(1, 2).double().cpu()
 
     def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:

@@ -106,7 +106,8 @@ class FeatureExtractor(nn.Module):
         """The taps, computed in `autocast_dtype` when set (reduced-precision convolutions), returned float32."""
         if self.autocast_dtype is None:
             return self._taps(images)
-        with torch.autocast(images.device.type, dtype=self.autocast_dtype):
+        # No weight-cast cache: CUDA graphs cannot capture one (and inference calls never reuse it).
+        with torch.autocast(images.device.type, dtype=self.autocast_dtype, cache_enabled=False):
             taps = self._taps(images)
         return {name: tap.float() for name, tap in taps.items()}
 

@@ -232,7 +232,7 @@ class PatchCore(Detector):
         first = 0
         for chunk, pictures in self._picture_chunks(items, "features"):
             for entries, batch in self._network_batches(pictures):
-                features = self.extractor_(batch).float().cpu()  # bank rows live in host memory
+                features = self._network(batch).float().cpu()  # bank rows live in host memory
                 for (i, tile), grid in zip(entries, features):
                     top, bottom, left, right = tile.core
                     core = grid[top:bottom, left:right]
@@ -359,7 +359,7 @@ class PatchCore(Detector):
                  for size in sizes]
         worst_values, worst_features, worst_found, owners = [], [], [], []
         for entries, batch in self._network_batches(pictures):
-            features = self.extractor_(batch).float()
+            features = self._network(batch).float()
             kept = []  # (picture index, tile, region-of-interest mask or None, core features) of each inspected tile
             for (i, tile), grid in zip(entries, features):
                 core = grid[tile.core[0] : tile.core[1], tile.core[2] : tile.core[3]]
@@ -371,7 +371,7 @@ class PatchCore(Detector):
             queries = torch.cat([core.reshape(-1, core.shape[-1]) for *_, core in kept])
             distances, nearest = self.index_.search_tensor(queries, k=1)
             patch_scores = distances[:, 0]
-            candidates, tile_of_patch, offset = [], [], 0
+            candidates, patch_counts, offset = [], [], 0
             for n, (i, tile, inside, core) in enumerate(kept):
                 rows, columns = core.shape[:2]
                 tile_scores = patch_scores[offset : offset + rows * columns]
@@ -383,11 +383,10 @@ class PatchCore(Detector):
                     candidates.append(tile_scores)
                 top, left = tile.place
                 grids[i][top : top + rows, left : left + columns] = tile_scores.reshape(rows, columns)
-                tile_of_patch.append(np.full(rows * columns, n))
+                patch_counts.append(rows * columns)
                 offset += rows * columns
             candidate_scores = torch.cat(candidates)
-            tile_ids = torch.from_numpy(np.concatenate(tile_of_patch)).to(candidate_scores.device)
-            best = segment_argmax(candidate_scores, tile_ids, len(kept))
+            best = _segments_argmax(candidate_scores, patch_counts)
             worst_values.append(candidate_scores[best])
             worst_features.append(queries[best])
             worst_found.append(nearest[best, 0])
@@ -395,7 +394,7 @@ class PatchCore(Detector):
         if set(owners) != set(range(len(pictures))):
             raise ValueError("the region-of-interest mask leaves no patch of this image to inspect")
         values = torch.cat(worst_values)
-        worst = segment_argmax(values, torch.tensor(owners, device=values.device), len(pictures))
+        worst = _segments_argmax(values, [1] * len(owners), owners, len(pictures))
         scores = image_scores(torch.cat(worst_features)[worst][:, None], values[worst][:, None],
                               torch.cat(worst_found)[worst][:, None],
                               self._bank_tensor, self.index_.search_tensor, self.num_neighbours, self.reweight)
@@ -450,3 +449,14 @@ class PatchCore(Detector):
         # Which image each row came from is not saved: every row is an old one to a later partial_fit.
         self._bank_origins = None if self.sampler == "learned_proxies" else np.full(len(bank), -1, dtype=np.int64)
 
+
+def _segments_argmax(values: torch.Tensor, counts: list[int], labels: list[int] | None = None,
+                     n_segments: int | None = None) -> torch.Tensor:
+    """`segment_argmax` of `values` cut into consecutive runs of `counts[i]` values labelled `labels[i]` (default
+    i). When each label is one run and the runs are equally long (one tile per picture, the usual case) it
+    is a reshape and an argmax; else the labels go to the device, and a copy from the host waits for its queue."""
+    n_runs = len(counts)
+    if (labels is None or labels == list(range(n_runs))) and len(set(counts)) == 1:
+        return values.view(n_runs, counts[0]).argmax(dim=1) + torch.arange(n_runs, device=values.device) * counts[0]
+    ids = np.repeat(np.asarray(range(n_runs) if labels is None else labels, dtype=np.int64), counts)
+    return segment_argmax(values, torch.from_numpy(ids).to(values.device), n_segments or n_runs)

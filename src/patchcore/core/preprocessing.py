@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -93,6 +94,12 @@ def _spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int]]:
     return spans
 
 
+@lru_cache(maxsize=16)
+def _channel_values(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """(1, 3, 1, 1) per-channel constants on `device`, made once: a fresh copy to a GPU per batch waits for it."""
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Original image -> normalised working image (and its tiles); patch-score grid -> map on the original.
@@ -156,8 +163,7 @@ class Preprocessor:
         """(B, 3, h, w) float batch, channels-last, of (B, h, w, 3) uint8 pixels on any device, normalised with
         the backbone's mean and std. Taking uint8 lets a GPU receive a quarter of the bytes and do the arithmetic."""
         batch = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
+        mean, std = _channel_values(tuple(self.mean), batch.device), _channel_values(tuple(self.std), batch.device)
         return batch.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -198,8 +204,10 @@ class Preprocessor:
         the network did not see (outside a centre crop) are NaN: never painted with invented values."""
         left, top, right, bottom = self.inspected_box(size)
         network_w, network_h = self.network_size(size)
-        rows = map_operator(grids.shape[1], bottom - top, float(blur_sigma) * (bottom - top) / network_h)
-        columns = map_operator(grids.shape[2], right - left, float(blur_sigma) * (right - left) / network_w)
+        rows = map_operator(grids.shape[1], bottom - top, float(blur_sigma) * (bottom - top) / network_h,
+                            grids.device)
+        columns = map_operator(grids.shape[2], right - left, float(blur_sigma) * (right - left) / network_w,
+                               grids.device)
         regions = anomaly_maps(grids.float(), rows, columns).cpu().numpy()  # on the grids' device
         if (left, top, right, bottom) == (0, 0, *size):
             return regions

@@ -49,7 +49,9 @@ def image_scores(
     to_support = (bank[support.clamp_min(0)] - worst_patch).norm(dim=2)
     to_support = torch.where(support >= 0, to_support, torch.full_like(to_support, -torch.inf))
     to_anchor = (bank[anchors] - worst_patch[:, 0]).norm(dim=1)
-    weight = 1.0 - torch.exp(to_anchor - torch.logsumexp(to_support, dim=1))
+    # 1 - exp(a) / sum exp(s) as 1 - 1 / sum exp(s - a): s >= a when m* is the nearest row, and an exponent
+    # that overflows gives the limit, weight 1. Five kernels where logsumexp took a dozen and a host check.
+    weight = 1.0 - 1.0 / torch.exp(to_support - to_anchor[:, None]).sum(dim=1)
     return weight * scores
 
 
@@ -66,22 +68,24 @@ def segment_argmax(values: torch.Tensor, segments: torch.Tensor, n_segments: int
 
 
 @lru_cache(maxsize=64)
-def map_operator(grid_size: int, size: int, blur_sigma: float) -> torch.Tensor:
+def map_operator(grid_size: int, size: int, blur_sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """(size, grid_size) matrix that upsamples one axis bilinearly, then blurs it (scipy's Gaussian, 'reflect').
 
     Both steps are linear and separable, so a map is two small matrix products, A_h S A_w^T: 30x
-    faster than filtering the upsampled map, and equal to it within 1e-6. Cached and shared:
-    callers must not modify it.
+    faster than filtering the upsampled map, and equal to it within 1e-6. Cached per device (a copy to
+    a GPU per map would wait for the copy) and shared: callers must not modify it.
     """
     basis = torch.eye(grid_size, dtype=torch.float64)[None]
     upsampled = F.interpolate(basis, size=size, mode="linear", align_corners=False)[0].T.numpy()
     operator = gaussian_filter1d(upsampled, blur_sigma, axis=0, mode="reflect") if blur_sigma > 0 else upsampled
-    return torch.from_numpy(operator.astype(np.float32))
+    return torch.from_numpy(operator.astype(np.float32)).to(device)
 
 
-def map_operators(grid: tuple[int, int], size: tuple[int, int], blur_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def map_operators(grid: tuple[int, int], size: tuple[int, int], blur_sigma: float,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The (rows, columns) operators that turn an (h, w) patch-score grid into a (H, W) blurred map."""
-    return map_operator(grid[0], size[0], float(blur_sigma)), map_operator(grid[1], size[1], float(blur_sigma))
+    return (map_operator(grid[0], size[0], float(blur_sigma), device),
+            map_operator(grid[1], size[1], float(blur_sigma), device))
 
 
 def anomaly_maps(patch_scores: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
