@@ -101,6 +101,24 @@ def test_an_option_the_method_does_not_use_is_refused(image_folder: Path, tmp_pa
     assert not (tmp_path / "m").exists()
 
 
+def test_a_preset_sets_its_parameters_and_explicit_options_win(image_folder: Path, tmp_path: Path) -> None:
+    from patchcore.backbones import get_backbone_spec, resolve_layers
+
+    result = run("fit", image_folder, "--out", tmp_path / "small", "--preset", "small-defects", "--coreset-ratio", "0.2",
+                 "--image-size", "128")
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "small" / "manifest.json").read_text())["params"]
+    assert params["patch_size"] == 1 and params["coreset_ratio"] == 0.2  # the explicit option beat the preset's 0.01
+    assert params["layers"] == list(resolve_layers(get_backbone_spec(params["backbone"]), ["level1", "level2"]))
+    result = run("fit", image_folder, "--out", tmp_path / "paper", "--preset", "paper")
+    assert result.exit_code == 0, result.output
+    preprocessing = json.loads((tmp_path / "paper" / "manifest.json").read_text())["preprocessing"]
+    assert preprocessing["image_size"] == [256, 256] and preprocessing["center_crop"] == 224
+    result = run("fit", image_folder, "--out", tmp_path / "spade", "--method", "spade", "--preset", "small-defects")
+    assert result.exit_code != 0 and "preset 'small-defects' sets" in result.output and "spade" in result.output
+    assert not (tmp_path / "spade").exists()
+
+
 def test_an_unknown_device_is_one_clear_line(image_folder: Path, tmp_path: Path) -> None:
     result = run("fit", image_folder, "--out", tmp_path / "m", "--device", "tpu")
     assert result.exit_code != 0 and result.output.strip() == "Error: unknown device 'tpu': use cpu, cuda or cuda:N"

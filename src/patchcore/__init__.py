@@ -23,6 +23,7 @@ _EXPORTS = {
     "Ensemble": "patchcore.baselines.ensemble",
     "load_model": "patchcore.methods",
     "METHODS": "patchcore.methods",
+    "PRESETS": "patchcore.methods",
     "make_index": "patchcore.search",
     "PatchCoreError": "patchcore.errors",
     "ImageLoadError": "patchcore.errors",
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from patchcore.core.patchcore import PatchCore
     from patchcore.errors import (DatasetError, ImageLoadError, ModelFileError, NotFittedError, PatchCoreError,
                                   WeightsError)
-    from patchcore.methods import METHODS, load_model
+    from patchcore.methods import METHODS, PRESETS, load_model
     from patchcore.search import make_index
 
 

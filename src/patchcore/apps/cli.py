@@ -68,7 +68,7 @@ def _option(owner: type, field: dataclasses.Field, prefix: str = "") -> click.Op
 def _declared_options(names: Sequence[str] | None) -> list[click.Option]:
     """Options for the named parameters, or with None for every method's parameters, `--method` and
     the search-index settings (`--index-n-probe`, ...)."""
-    from patchcore.methods import METHODS
+    from patchcore.methods import METHODS, PRESETS
     from patchcore.search import INDEXES
 
     fields: dict[str, tuple[type, dataclasses.Field]] = {}
@@ -79,13 +79,28 @@ def _declared_options(names: Sequence[str] | None) -> list[click.Option]:
     if names is not None:
         return [_option(*fields[name]) for name in names]
     options = [click.Option(["--method"], type=click.Choice(sorted(METHODS)), default=None,
-                            help="PatchCore, or the SPADE / PaDiM baselines on the same backbone.  [default: patchcore]")]
+                            help="PatchCore, or the SPADE / PaDiM baselines on the same backbone.  [default: patchcore]"),
+               click.Option(["--preset"], type=click.Choice(list(PRESETS)), default=None,
+                            help="Named settings (options given besides win): " + "; ".join(
+                                f"{name}: {_preset_flags(name)}" for name in PRESETS))]
     options += [_option(owner, field) for owner, field in fields.values()]
     index_fields: dict[str, tuple[type, dataclasses.Field]] = {}
     for index in INDEXES.values():
         for field in declared(index):
             index_fields.setdefault(field.name, (index, field))
     return options + [_option(owner, field, INDEX_PREFIX) for owner, field in index_fields.values()]
+
+
+def _preset_flags(name: str) -> str:
+    """A preset as the options it stands for, e.g. '--patch-size 1 --layers level1,level2'."""
+    from patchcore.methods import PRESETS
+
+    def shown(value: Any) -> str:
+        if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+            return "x".join(map(str, value))
+        return ",".join(value) if isinstance(value, (tuple, list)) else str(value)
+
+    return " ".join(f"--{key.replace('_', '-')} {shown(value)}" for key, value in PRESETS[name].items())
 
 
 class _DeclaredCommand(click.Command):
@@ -115,11 +130,16 @@ def main() -> None:
 def model_from_options(options: dict[str, Any]):
     """The detector the command-line options describe; an option the method does not use is an error,
     not silently ignored."""
-    from patchcore.methods import get_method
+    from patchcore.methods import get_method, preset_params
     from patchcore.search import make_index
 
     options = {name: value for name, value in options.items() if value is not None}
     method = get_method(options.pop("method", "patchcore"))
+    if "preset" in options:
+        try:
+            options = {**preset_params(options.pop("preset"), method), **options}
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
     index_settings = {name[len(INDEX_PREFIX):]: options.pop(name) for name in list(options)
                       if name.startswith(INDEX_PREFIX)}
     accepted = {field.name: field for field in declared(method)}
