@@ -6,7 +6,7 @@ p = 1 finds 8-24 px defects on the 1200 x 900 modules far better than the defaul
 real defective cells (often as wide as the cell). A trial of settings in between. Each setting gives
 one p per tapped level, comma-separated, in tap order ("3,1": p = 3 on the stride-8 tap, 1 on the
 stride-16 one); "1+3" on a level concatenates that level's features pooled both ways (the patch
-feature grows by the level's channels). Prints `patchcore evaluate`'s image AUROC, PRO and share of
+feature grows by the level's channels); "m3" takes the neighbourhood's maximum instead of its mean. Prints `patchcore evaluate`'s image AUROC, PRO and share of
 defective images whose map maximum lies on the defect, per category and setting.
 """
 
@@ -24,10 +24,17 @@ from patchcore.data.categories import load_category
 from patchcore.evaluation.evaluate import evaluate_category
 
 
+def pool(tap: torch.Tensor, size: int | str) -> torch.Tensor:
+    """p x p averaging (Eq. 1) for an int; 'mP' takes the maximum over the neighbourhood instead."""
+    if isinstance(size, str):
+        p = int(size[1:])
+        return F.max_pool2d(tap, p, stride=1, padding=p // 2)
+    return F.avg_pool2d(tap, size, stride=1, padding=size // 2)
+
+
 def pooled_levels(extractor: FeatureExtractor, taps: dict[str, torch.Tensor], setting: list[list[int]]) -> torch.Tensor:
     """`FeatureExtractor._patch_features` with the level's own neighbourhoods (raw channels, no pooling matrix)."""
-    grids = [torch.cat([F.avg_pool2d(taps[layer], p, stride=1, padding=p // 2) for p in sizes], dim=1)
-             for layer, sizes in zip(extractor.layers, setting)]
+    grids = [torch.cat([pool(taps[layer], p) for p in sizes], dim=1) for layer, sizes in zip(extractor.layers, setting)]
     target = max((grid.shape[-2:] for grid in grids), key=lambda size: size[0] * size[1])
     grids = [grid if grid.shape[-2:] == target else F.interpolate(grid, size=target, mode="bilinear", align_corners=False)
              for grid in grids]
@@ -44,7 +51,7 @@ def main() -> None:
     for name in args.categories:
         category = load_category(args.root, name)
         for text in args.settings:
-            setting = [[int(p) for p in level.split("+")] for level in text.split(",")]
+            setting = [[p if p.startswith("m") else int(p) for p in level.split("+")] for level in text.split(",")]
             if setting == [[3], [3]]:
                 FeatureExtractor._patch_features = original  # the shipped code, as the reference
             else:
