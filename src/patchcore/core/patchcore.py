@@ -372,7 +372,7 @@ class PatchCore(Detector):
             distances, nearest = self.index_.search_tensor(queries, k=1)
             patch_scores = distances[:, 0]
             candidates, patch_counts, offset = [], [], 0
-            for n, (i, tile, inside, core) in enumerate(kept):
+            for i, tile, inside, core in kept:
                 rows, columns = core.shape[:2]
                 tile_scores = patch_scores[offset : offset + rows * columns]
                 if inside is not None:  # outside the region: 0 on the grid, never the worst
