@@ -87,3 +87,25 @@ def test_ensemble_maps_are_scaled_by_each_members_nominal_maximum(train_crops, d
     combined = ensemble.predict([defect_crop[0]])[0].anomaly_map
     np.testing.assert_allclose(combined, expected, rtol=1e-5)
     assert combined.min() >= 0  # pixel metrics need non-negative maps
+
+
+def test_ensemble_saves_as_one_model_directory_and_loads_back(train_crops, good_test_crops, defect_crop,
+                                                              tmp_path: Path) -> None:
+    members = [PatchCore(coreset_ratio=0.1, image_size=128, patch_size=1), Padim(n_channels=50, image_size=128)]
+    ensemble = Ensemble(members).fit(train_crops)
+    images = [*good_test_crops[:2], defect_crop[0]]
+    before = ensemble.predict(images)
+    ensemble.save(tmp_path / "model")
+    ensemble.save(tmp_path / "model")  # a second save keeps the first as versions/1, like any model
+    assert sorted(p.name for p in (tmp_path / "model" / "versions").iterdir()) == ["1"]
+    loaded = load_model(tmp_path / "model")
+    assert isinstance(loaded, Ensemble) and [type(m) for m in loaded.members] == [PatchCore, Padim]
+    assert loaded.members[0].patch_size == 1 and loaded.manifest_["version"] == 2
+    after = loaded.predict(images)
+    for old, new in zip(before, after):
+        assert new.score == pytest.approx(old.score, rel=1e-5) and new.decision == old.decision
+        np.testing.assert_allclose(new.anomaly_map, old.anomaly_map, rtol=1e-5, atol=1e-6)
+    assert after[2].score > max(p.score for p in after[:2])
+    (tmp_path / "model" / "member1.nominal_scores.npy").write_bytes(b"changed")
+    with pytest.raises(ModelFileError, match="member1.nominal_scores.npy"):
+        load_model(tmp_path / "model")

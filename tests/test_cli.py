@@ -119,6 +119,29 @@ def test_a_preset_sets_its_parameters_and_explicit_options_win(image_folder: Pat
     assert not (tmp_path / "spade").exists()
 
 
+def test_fit_an_ensemble_of_presets_then_predict_with_it(image_folder: Path, defect_crop, tmp_path: Path) -> None:
+    result = run("fit", image_folder, "--out", tmp_path / "model", "--ensemble", "small-defects,default",
+                 "--image-size", "128", "--coreset-ratio", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 models (small-defects, default)" in result.output
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["method"] == "ensemble"
+    assert [m["params"]["patch_size"] for m in manifest["members"]] == [1, 3]
+    assert [m["params"]["coreset_ratio"] for m in manifest["members"]] == [0.1, 0.1]  # given options reach every member
+    Image.fromarray(defect_crop[0]).save(tmp_path / "defect.png")
+    good = next(image_folder.glob("*.png"))
+    result = run("predict", tmp_path / "model", tmp_path / "defect.png", good, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = {Path(row["image"]).name: row for row in json.loads((tmp_path / "out" / "scores.json").read_text())}
+    assert rows["defect.png"]["score"] > rows[good.name]["score"] and rows["defect.png"]["decision"] == "defect"
+    assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 2
+    for extra in (["--ensemble", "small-defects"], ["--ensemble", "small-defects,nope"],
+                  ["--ensemble", "small-defects,default", "--preset", "paper"]):
+        result = run("fit", image_folder, "--out", tmp_path / "refused", *extra)
+        assert result.exit_code != 0 and "--ensemble" in result.output, result.output
+    assert not (tmp_path / "refused").exists()
+
+
 def test_an_unknown_device_is_one_clear_line(image_folder: Path, tmp_path: Path) -> None:
     result = run("fit", image_folder, "--out", tmp_path / "m", "--device", "tpu")
     assert result.exit_code != 0 and result.output.strip() == "Error: unknown device 'tpu': use cpu, cuda or cuda:N"

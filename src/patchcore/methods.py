@@ -8,6 +8,7 @@ from typing import Any
 
 from patchcore.core.detector import Detector
 from patchcore.core.patchcore import PatchCore
+from patchcore.baselines.ensemble import Ensemble
 from patchcore.baselines.padim import Padim
 from patchcore.errors import ModelFileError
 from patchcore.io.persistence import load_directory
@@ -46,10 +47,12 @@ def preset_params(name: str, method: type[Detector] = PatchCore) -> dict[str, An
     return dict(PRESETS[name])
 
 
-def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None) -> Detector:
-    """Load a saved model directory of any method (PatchCore, SPADE, PaDiM)."""
+def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None) -> Detector | Ensemble:
+    """Load a saved model directory of any method (PatchCore, SPADE, PaDiM) or an `Ensemble` of them."""
     manifest, arrays = load_directory(path)
     if "method" not in manifest:
         raise ModelFileError(f"{path}: the manifest does not say which method the model is")
+    if manifest["method"] == Ensemble.method:
+        return Ensemble._from_manifest(path, manifest, arrays, device, weights)
     method = get_method(manifest["method"])
     return method._from_manifest(path, manifest, arrays, device, weights)

@@ -237,13 +237,22 @@ def load_categories(root: Path, categories: str | None) -> list:
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @click.option("--validation", "validation_dir", default=None, type=click.Path(path_type=Path),
               help="Independent good images (a folder) whose scores set the threshold, instead of a cross-fit.")
+@click.option("--ensemble", "ensemble_presets", default=None,
+              help="Fit one model per preset, comma-separated ('default': no preset), and save them as one model "
+                   "whose scores and maps average the members', each normalised by its own good images. "
+                   "'small-defects,default' finds defects of a few pixels and wide ones (docs/results.md).")
 @_ray_options
 def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, validation_dir: Path | None,
-        use_ray: bool, ray_address: str | None, ray_threads: int | None, **options) -> None:
+        ensemble_presets: str | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
+        **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, searched recursively, or an MVTec category's train/good)."""
     from patchcore.io.outputs import check_writable_folder
 
     check_writable_folder(out_dir)
+    if ensemble_presets is not None:
+        fit_ensemble(data_dir, out_dir, ensemble_presets, categories, validation_dir, use_ray or ray_address, skip_bad,
+                     options)
+        return
     if categories is not None:
         if validation_dir is not None:
             raise click.UsageError("--validation goes with one folder; with --categories each category's own images are used")
@@ -266,6 +275,33 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
     else:
         state = f"{model.method} model"
     click.echo(f"fitted on {model.n_train_images_} images: {state}; saved to {out_dir}")
+    echo_threshold(model)
+
+
+def fit_ensemble(data_dir: Path, out_dir: Path, presets: str, categories: str | None, validation_dir: Path | None,
+                 use_ray: bool, skip_bad: bool, options: dict[str, Any]) -> None:
+    """`fit --ensemble`: one member per preset, the other options shared, saved as one model."""
+    from patchcore.baselines.ensemble import Ensemble
+    from patchcore.io.images import collect_images
+    from patchcore.methods import PRESETS
+
+    names = [name.strip() for name in presets.split(",") if name.strip()]
+    unknown = [name for name in names if name != "default" and name not in PRESETS]
+    if len(names) < 2 or unknown:
+        raise click.UsageError(f"--ensemble takes two or more of default, {', '.join(PRESETS)}"
+                               + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    for given, flag in ((options.get("preset"), "--preset"), (categories, "--categories"),
+                        (validation_dir, "--validation"), (use_ray or None, "--ray")):
+        if given is not None:
+            raise click.UsageError(f"--ensemble fits one folder with its own presets: drop {flag}")
+    members = [model_from_options({**options, "preset": None if name == "default" else name}) for name in names]
+    files = collect_images(data_dir, training=True)
+    model = Ensemble(members, **({} if options.get("false_alarm_rate") is None
+                                 else {"false_alarm_rate": options["false_alarm_rate"]}))
+    model.fit(readable_images(files, skip_bad))
+    model.save(out_dir)
+    click.echo(f"fitted an ensemble of {len(members)} models ({', '.join(names)}) on {model.n_train_images_} images; "
+               f"saved to {out_dir}")
     echo_threshold(model)
 
 

@@ -1,16 +1,22 @@
-"""Ensembles (seed Table 4): several detectors, scores normalised by held-out good images, averaged."""
+"""Ensembles (seed Table 4): several detectors, scores normalised by held-out good images, averaged; saved as one model."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from patchcore import __version__
 from patchcore.core.detector import Detector, Prediction
-from patchcore.errors import NotFittedError
+from patchcore.core.thresholds import (DEFAULT_FALSE_ALARM_RATE, Threshold, nominal_score_warnings,
+                                       threshold_at_false_alarm_rate)
+from patchcore.errors import ModelFileError, NotFittedError
 from patchcore.io.images import ImageInput, collect_images
-from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate
+from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS, MANIFEST_CHECKSUM, read_manifest, save_directory
 
 
 class Ensemble(BaseEstimator):
@@ -23,9 +29,37 @@ class Ensemble(BaseEstimator):
     PatchCore's cross-fit gives them; the baselines need `holdout_fraction` > 0 and at least 10 training images.
     """
 
+    method = "ensemble"
+
     def __init__(self, members: Sequence[Detector], false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> None:
         self.members = members
         self.false_alarm_rate = false_alarm_rate
+
+    # What the command line and the service read of any model, from the members.
+    @property
+    def bit_depth(self) -> int | None:
+        return self.members[0].bit_depth
+
+    @property
+    def backbone(self) -> str:
+        return " + ".join(dict.fromkeys(member.backbone for member in self.members))
+
+    @property
+    def n_train_images_(self) -> int:
+        return self.members[0].n_train_images_
+
+    @property
+    def nominal_source_(self) -> str:
+        return f"the members' {self.members[0].nominal_source_}, combined"
+
+    def nominal_warnings(self) -> list[str]:
+        """As `Detector.nominal_warnings`, for the combined nominal scores."""
+        self._check_fitted()
+        return nominal_score_warnings(len(self.nominal_scores_), self.false_alarm_rate)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "score_scales_"):
+            raise NotFittedError("this Ensemble is not fitted: call fit(...) or load a saved one first")
 
     def fit(self, images: ImageInput | Sequence[ImageInput]) -> "Ensemble":
         if len(self.members) < 1:
@@ -33,6 +67,7 @@ class Ensemble(BaseEstimator):
         items = collect_images(images, training=True)
         for member in self.members:
             member.fit(items)
+        self.change_ = {"action": "fit", "images": len(items)}
         return self._calibrate()
 
     @classmethod
@@ -41,6 +76,8 @@ class Ensemble(BaseEstimator):
         return cls(members)._calibrate()
 
     def _calibrate(self) -> "Ensemble":
+        if len({member.bit_depth for member in self.members}) > 1:
+            raise ValueError("ensemble members must read images alike: give them the same bit_depth")
         for member in self.members:
             member._check_fitted()
             if len(member.nominal_scores_) < 2 or member.nominal_map_range_ is None:
@@ -76,8 +113,7 @@ class Ensemble(BaseEstimator):
         return list(self.iter_predict(images))
 
     def iter_predict(self, images: ImageInput | Sequence[ImageInput]) -> Iterator[Prediction]:
-        if not hasattr(self, "score_scales_"):
-            raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
+        self._check_fitted()
         items = collect_images(images)
         threshold = self.decision_threshold()
         streams = [member.iter_predict(items) for member in self.members]
@@ -88,7 +124,55 @@ class Ensemble(BaseEstimator):
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image scores only: the members score without building maps."""
-        if not hasattr(self, "score_scales_"):
-            raise NotFittedError("this Ensemble is not fitted: call fit(...) first")
+        self._check_fitted()
         items = collect_images(images)
         return self._combine([member.score_samples(items) for member in self.members])
+
+    def save(self, path: str | Path, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> Path:
+        """Write the fitted ensemble as one model directory, as `Detector.save` writes one model: each member's
+        manifest inside the ensemble's, its arrays beside the ensemble's as `memberN.NAME.npy`, so the
+        directory is written, versioned and checksummed whole. `patchcore.load_model` reads it back."""
+        self._check_fitted()
+        members, arrays = [], {"nominal_scores": self.nominal_scores_}
+        for i, member in enumerate(self.members):
+            state, member_arrays = member._fitted_state()
+            members.append(member._manifest(state))
+            for name, array in {"nominal_scores": member.nominal_scores_, **member_arrays}.items():
+                arrays[f"member{i}.{name}"] = array
+        manifest = {"method": self.method, "package_version": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "false_alarm_rate": self.false_alarm_rate, "members": members,
+                    "score_scales": [list(scale) for scale in self.score_scales_], "map_scales": self.map_scales_,
+                    "nominal_map_range": list(self.nominal_map_range_), "n_train_images": self.n_train_images_}
+        saved = save_directory(path, manifest, arrays, change=getattr(self, "change_", {"action": "fit"}),
+                               keep_versions=keep_versions)
+        self.manifest_ = read_manifest(saved)
+        self.manifest_.pop(MANIFEST_CHECKSUM, None)
+        self.change_ = {"action": "save"}
+        return saved
+
+    @classmethod
+    def _from_manifest(cls, path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray],
+                       device: str | None, weights: str | Path | None) -> "Ensemble":
+        """Inverse of `save`, given the verified directory's manifest and arrays (`patchcore.load_model`)."""
+        from patchcore.methods import get_method
+
+        try:
+            members = []
+            for i, member_manifest in enumerate(manifest["members"]):
+                prefix = f"member{i}."
+                member_arrays = {name[len(prefix):]: array for name, array in arrays.items() if name.startswith(prefix)}
+                members.append(get_method(member_manifest["method"])._from_manifest(
+                    path, member_manifest, member_arrays, device, weights))
+            ensemble = cls(members, false_alarm_rate=float(manifest["false_alarm_rate"]))
+            ensemble.score_scales_ = [(float(mean), float(spread)) for mean, spread in manifest["score_scales"]]
+            ensemble.map_scales_ = [float(scale) for scale in manifest["map_scales"]]
+            ensemble.nominal_map_range_ = tuple(manifest["nominal_map_range"])
+            ensemble.nominal_scores_ = arrays["nominal_scores"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: ensemble manifest lacks a required entry or holds a bad one ({error})") from error
+        if len(ensemble.score_scales_) != len(members) or len(ensemble.map_scales_) != len(members):
+            raise ModelFileError(f"{path}: the ensemble's scales do not match its {len(members)} members")
+        ensemble.manifest_ = manifest
+        ensemble.change_ = {"action": "save"}
+        return ensemble

@@ -26,8 +26,8 @@ from patchcore.core.features import FeatureExtractor
 from patchcore.core.preprocessing import Preprocessor, Tile, choose_working_side, parse_image_size
 from patchcore.core.replay import GraphReplay
 from patchcore.core.scoring import anomaly_maps, map_operators
-from patchcore.core.thresholds import (DEFAULT_FALSE_ALARM_RATE, Threshold, threshold_at_false_alarm_rate,
-                                       validate_false_alarm_rate)
+from patchcore.core.thresholds import (DEFAULT_FALSE_ALARM_RATE, Threshold, nominal_score_warnings,
+                                       threshold_at_false_alarm_rate, validate_false_alarm_rate)
 from patchcore.errors import ModelFileError, NotFittedError
 from patchcore.io.images import ImageInput, collect_images, load_image, read_image_size
 from patchcore.io.persistence import (DEFAULT_KEEP_VERSIONS, MANIFEST_CHECKSUM, load_directory, read_manifest,
@@ -283,14 +283,7 @@ class Detector(BaseEstimator, ABC):
     def nominal_warnings(self) -> list[str]:
         """What limits the threshold: too few nominal scores for the false-alarm rate, or none at all."""
         self._check_fitted()
-        count = len(self.nominal_scores_)
-        if count == 0:
-            return ["no nominal scores (too few good images to hold any out): predictions carry no good/defect "
-                    "decision; give more images, --validation DIR, or --holdout-fraction"]
-        if count * self.false_alarm_rate < 1:
-            return [f"{count} nominal scores cannot resolve a {self.false_alarm_rate:.1%} false-alarm rate: the "
-                    f"threshold is the highest good score seen, so the rate it promises is at best 1 in {count + 1}"]
-        return []
+        return nominal_score_warnings(len(self.nominal_scores_), self.false_alarm_rate)
 
     def _split_holdout(self, items: list[ImageInput]) -> tuple[list[ImageInput], list[ImageInput]]:
         """Seeded split of good images into training images and held-out nominal images (none under 10)."""

@@ -58,6 +58,17 @@ def threshold_at_false_alarm_rate(nominal_scores: np.ndarray, rate: float) -> Th
     return Threshold(value, rate, spread)
 
 
+def nominal_score_warnings(count: int, rate: float) -> list[str]:
+    """What limits a threshold made from `count` nominal scores at false-alarm `rate`: none at all, or too few."""
+    if count == 0:
+        return ["no nominal scores (too few good images to hold any out): predictions carry no good/defect "
+                "decision; give more images, --validation DIR, or --holdout-fraction"]
+    if count * rate < 1:
+        return [f"{count} nominal scores cannot resolve a {rate:.1%} false-alarm rate: the threshold is the highest "
+                f"good score seen, so the rate it promises is at best 1 in {count + 1}"]
+    return []
+
+
 def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """(threshold, F1) maximising F1 for `score >= threshold` on labelled images (evaluation only)."""
     labels = np.asarray(labels, dtype=int)
