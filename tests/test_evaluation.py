@@ -55,6 +55,22 @@ def test_evaluate_command_writes_table_json_and_maps(tmp_path: Path) -> None:
     assert brick["f1_optimal"] == 100.0
 
 
+def test_evaluate_an_ensemble_of_presets(tmp_path: Path) -> None:
+    small_texture_category(tmp_path / "data")
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "eval"), "--ensemble", "small-defects,default",
+         "--image-size", "128", "--coreset-ratio", "0.1"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "eval" / "results.json").read_text())
+    brick = document["results"][0]
+    assert brick["image_auroc"] == 100.0 and 90.0 < brick["pixel_auroc"] <= 100.0
+    members = document["params"]["members"]
+    assert len(members) == 2 and "patch_size=1" in members[0] and "patch_size" not in members[1]
+
+
 def test_evaluate_report_and_threshold_columns(tmp_path: Path) -> None:
     small_texture_category(tmp_path / "data")
     result = CliRunner().invoke(

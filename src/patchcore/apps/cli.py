@@ -160,6 +160,35 @@ def model_factory(options: dict[str, Any]) -> Callable:
     return partial(type(model), **model.get_params(deep=False))
 
 
+_ensemble_option = click.option(
+    "--ensemble", "ensemble_presets", default=None,
+    help="One model per preset, comma-separated ('default': no preset), the other options shared, as one model "
+         "whose scores and maps average the members', each normalised by its own good images. "
+         "'small-defects,default' finds defects of a few pixels and wide ones (docs/results.md).")
+
+
+def ensemble_factory(presets: str, options: dict[str, Any]) -> Callable:
+    """A picklable recipe for fresh ensembles of `--ensemble`'s presets, checked once here."""
+    from patchcore.methods import PRESETS
+
+    names = [name.strip() for name in presets.split(",") if name.strip()]
+    unknown = [name for name in names if name != "default" and name not in PRESETS]
+    if len(names) < 2 or unknown:
+        raise click.UsageError(f"--ensemble takes two or more of default, {', '.join(PRESETS)}"
+                               + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    if options.get("preset") is not None:
+        raise click.UsageError("--ensemble names each member's preset: drop --preset")
+    members = [model_factory({**options, "preset": None if name == "default" else name}) for name in names]
+    settings = {} if options.get("false_alarm_rate") is None else {"false_alarm_rate": options["false_alarm_rate"]}
+    return partial(_new_ensemble, members, **settings)
+
+
+def _new_ensemble(members: list[Callable], **settings):
+    from patchcore.baselines.ensemble import Ensemble
+
+    return Ensemble([make() for make in members], **settings)
+
+
 def _ray_options(function):
     options = [
         click.option("--ray", "use_ray", is_flag=True,
@@ -237,10 +266,7 @@ def load_categories(root: Path, categories: str | None) -> list:
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @click.option("--validation", "validation_dir", default=None, type=click.Path(path_type=Path),
               help="Independent good images (a folder) whose scores set the threshold, instead of a cross-fit.")
-@click.option("--ensemble", "ensemble_presets", default=None,
-              help="Fit one model per preset, comma-separated ('default': no preset), and save them as one model "
-                   "whose scores and maps average the members', each normalised by its own good images. "
-                   "'small-defects,default' finds defects of a few pixels and wide ones (docs/results.md).")
+@_ensemble_option
 @_ray_options
 def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, validation_dir: Path | None,
         ensemble_presets: str | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
@@ -281,26 +307,16 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
 def fit_ensemble(data_dir: Path, out_dir: Path, presets: str, categories: str | None, validation_dir: Path | None,
                  use_ray: bool, skip_bad: bool, options: dict[str, Any]) -> None:
     """`fit --ensemble`: one member per preset, the other options shared, saved as one model."""
-    from patchcore.baselines.ensemble import Ensemble
     from patchcore.io.images import collect_images
-    from patchcore.methods import PRESETS
 
-    names = [name.strip() for name in presets.split(",") if name.strip()]
-    unknown = [name for name in names if name != "default" and name not in PRESETS]
-    if len(names) < 2 or unknown:
-        raise click.UsageError(f"--ensemble takes two or more of default, {', '.join(PRESETS)}"
-                               + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    for given, flag in ((options.get("preset"), "--preset"), (categories, "--categories"),
-                        (validation_dir, "--validation"), (use_ray or None, "--ray")):
+    make_model = ensemble_factory(presets, options)
+    for given, flag in ((categories, "--categories"), (validation_dir, "--validation"), (use_ray or None, "--ray")):
         if given is not None:
-            raise click.UsageError(f"--ensemble fits one folder with its own presets: drop {flag}")
-    members = [model_from_options({**options, "preset": None if name == "default" else name}) for name in names]
+            raise click.UsageError(f"--ensemble fits one folder (`evaluate --ensemble` does categories): drop {flag}")
     files = collect_images(data_dir, training=True)
-    model = Ensemble(members, **({} if options.get("false_alarm_rate") is None
-                                 else {"false_alarm_rate": options["false_alarm_rate"]}))
-    model.fit(readable_images(files, skip_bad))
+    model = make_model().fit(readable_images(files, skip_bad))
     model.save(out_dir)
-    click.echo(f"fitted an ensemble of {len(members)} models ({', '.join(names)}) on {model.n_train_images_} images; "
+    click.echo(f"fitted an ensemble of {len(model.members)} models ({presets}) on {model.n_train_images_} images; "
                f"saved to {out_dir}")
     echo_threshold(model)
 
@@ -423,9 +439,11 @@ def echo_metrics(result) -> None:
 @click.option("--save-maps", is_flag=True, help="Also write heatmap overlays of every test image.")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path),
               help="Also write report.html here: metrics, ROC, PRO, score histograms and hardest images.")
+@_ensemble_option
 @_ray_options
 def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, report_dir: Path | None,
-             use_ray: bool, ray_address: str | None, ray_threads: int | None, **options) -> None:
+             ensemble_presets: str | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
+             **options) -> None:
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import torch
 
@@ -436,7 +454,8 @@ def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool,
     if report_dir is not None:
         check_writable_folder(report_dir, "--report")
     loaded = load_categories(root, categories)
-    make_model = model_factory(options)  # a bad option fails before the first category
+    # A bad option fails before the first category.
+    make_model = model_factory(options) if ensemble_presets is None else ensemble_factory(ensemble_presets, options)
     maps_dir = out_dir / "maps" if save_maps else None
     threads = ray_settings(use_ray, ray_address, ray_threads, torch.get_num_threads())
     if threads is None:
