@@ -316,7 +316,8 @@ def fit_ensemble(data_dir: Path, out_dir: Path, presets: str, categories: str | 
     files = collect_images(data_dir, training=True)
     model = make_model().fit(readable_images(files, skip_bad))
     model.save(out_dir)
-    click.echo(f"fitted an ensemble of {len(model.members)} models ({presets}) on {model.n_train_images_} images; "
+    named = ", ".join(name.strip() for name in presets.split(",") if name.strip())
+    click.echo(f"fitted an ensemble of {len(model.members)} models ({named}) on {model.n_train_images_} images; "
                f"saved to {out_dir}")
     echo_threshold(model)
 
