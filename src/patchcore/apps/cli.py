@@ -160,22 +160,29 @@ def model_factory(options: dict[str, Any]) -> Callable:
     return partial(type(model), **model.get_params(deep=False))
 
 
+def _preset_names(ctx: click.Context, param: click.Parameter, text: str | None) -> list[str] | None:
+    """`--ensemble`'s comma list as preset names, each known ('default': no preset), at least two."""
+    from patchcore.methods import PRESETS
+
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name != "default" and name not in PRESETS]
+    if len(names) < 2 or unknown:
+        raise click.BadParameter(f"give two or more of default, {', '.join(PRESETS)}"
+                                 + (f"; unknown: {', '.join(unknown)}" if unknown else ""), ctx, param)
+    return names
+
+
 _ensemble_option = click.option(
-    "--ensemble", "ensemble_presets", default=None,
+    "--ensemble", "ensemble_presets", default=None, callback=_preset_names,
     help="One model per preset, comma-separated ('default': no preset), the other options shared, as one model "
          "whose scores and maps average the members', each normalised by its own good images. "
          "'small-defects,default' finds defects of a few pixels and wide ones (docs/results.md).")
 
 
-def ensemble_factory(presets: str, options: dict[str, Any]) -> Callable:
+def ensemble_factory(names: list[str], options: dict[str, Any]) -> Callable:
     """A picklable recipe for fresh ensembles of `--ensemble`'s presets, checked once here."""
-    from patchcore.methods import PRESETS
-
-    names = [name.strip() for name in presets.split(",") if name.strip()]
-    unknown = [name for name in names if name != "default" and name not in PRESETS]
-    if len(names) < 2 or unknown:
-        raise click.UsageError(f"--ensemble takes two or more of default, {', '.join(PRESETS)}"
-                               + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
     if options.get("preset") is not None:
         raise click.UsageError("--ensemble names each member's preset: drop --preset")
     members = [model_factory({**options, "preset": None if name == "default" else name}) for name in names]
@@ -269,7 +276,7 @@ def load_categories(root: Path, categories: str | None) -> list:
 @_ensemble_option
 @_ray_options
 def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, validation_dir: Path | None,
-        ensemble_presets: str | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
+        ensemble_presets: list[str] | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
         **options) -> None:
     """Fit on the good images in DATA_DIR (a folder, searched recursively, or an MVTec category's train/good)."""
     from patchcore.io.outputs import check_writable_folder
@@ -304,7 +311,7 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
     echo_threshold(model)
 
 
-def fit_ensemble(data_dir: Path, out_dir: Path, presets: str, categories: str | None, validation_dir: Path | None,
+def fit_ensemble(data_dir: Path, out_dir: Path, presets: list[str], categories: str | None, validation_dir: Path | None,
                  use_ray: bool, skip_bad: bool, options: dict[str, Any]) -> None:
     """`fit --ensemble`: one member per preset, the other options shared, saved as one model."""
     from patchcore.io.images import collect_images
@@ -316,9 +323,8 @@ def fit_ensemble(data_dir: Path, out_dir: Path, presets: str, categories: str | 
     files = collect_images(data_dir, training=True)
     model = make_model().fit(readable_images(files, skip_bad))
     model.save(out_dir)
-    named = ", ".join(name.strip() for name in presets.split(",") if name.strip())
-    click.echo(f"fitted an ensemble of {len(model.members)} models ({named}) on {model.n_train_images_} images; "
-               f"saved to {out_dir}")
+    click.echo(f"fitted an ensemble of {len(model.members)} models ({', '.join(presets)}) on "
+               f"{model.n_train_images_} images; saved to {out_dir}")
     echo_threshold(model)
 
 
@@ -443,7 +449,7 @@ def echo_metrics(result) -> None:
 @_ensemble_option
 @_ray_options
 def evaluate(root: Path, categories: str | None, out_dir: Path, save_maps: bool, report_dir: Path | None,
-             ensemble_presets: str | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
+             ensemble_presets: list[str] | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
              **options) -> None:
     """Fit and evaluate each category under ROOT (MVTec AD layout): AUROCs, PRO, time, memory."""
     import torch

@@ -135,10 +135,9 @@ class Ensemble(BaseEstimator):
         self._check_fitted()
         members, arrays = [], {"nominal_scores": self.nominal_scores_}
         for i, member in enumerate(self.members):
-            state, member_arrays = member._fitted_state()
-            members.append(member._manifest(state))
-            for name, array in {"nominal_scores": member.nominal_scores_, **member_arrays}.items():
-                arrays[f"member{i}.{name}"] = array
+            member_manifest, member_arrays = member._saved_form()
+            members.append(member_manifest)
+            arrays.update({f"member{i}.{name}": array for name, array in member_arrays.items()})
         manifest = {"method": self.method, "package_version": __version__,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "false_alarm_rate": self.false_alarm_rate, "members": members,

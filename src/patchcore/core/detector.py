@@ -464,14 +464,17 @@ class Detector(BaseEstimator, ABC):
         there is kept as `versions/N/` (the newest `keep_versions` of them); the manifest records the
         version and what changed since the last save (fit, update)."""
         self._check_fitted()
-        state, arrays = self._fitted_state()
-        manifest = self._manifest(state)
-        saved = save_directory(path, manifest, {"nominal_scores": self.nominal_scores_, **arrays},
-                               change=self.change_, keep_versions=keep_versions)
+        manifest, arrays = self._saved_form()
+        saved = save_directory(path, manifest, arrays, change=self.change_, keep_versions=keep_versions)
         self.manifest_ = read_manifest(saved)
         self.manifest_.pop(MANIFEST_CHECKSUM, None)
         self.change_ = {"action": "save"}  # saved: the next save records only what happens after it
         return saved
+
+    def _saved_form(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(manifest, arrays) as `save` writes them, and as an `Ensemble` writes each member inside its own."""
+        state, arrays = self._fitted_state()
+        return self._manifest(state), {"nominal_scores": self.nominal_scores_, **arrays}
 
     def _manifest(self, state: dict[str, Any]) -> dict[str, Any]:
         """What the model is, as manifest.json records it: parameters, backbone, preprocessing, nominal statistics."""
