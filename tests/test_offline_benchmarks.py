@@ -134,3 +134,20 @@ def test_elpv_small_defect_modules_share_the_good_modules_and_mark_each_defect_b
         image = np.asarray(Image.open(small / "test" / path.parent.name / path.name.replace("_mask", "")))
         assert image.shape == (900, 1200)
     assert touching == len(DEFECTS)  # every other defect touches an edge
+
+
+def test_elpv_strips_are_one_row_of_train_cells_with_small_defects(tmp_path: Path) -> None:
+    from patchcore.data.offline import CELL, DEFECTS, build_elpv_module, elpv_good_split, elpv_labels
+
+    info = build_elpv_module("elpv_strip_poly_small", tmp_path, seed=2, n_train=2, n_test_good=1, n_defective=5)
+    category = tmp_path / "elpv_strip_poly_small"
+    assert info["image_size"] == [3600, 300] and info["test_defective"] == len(DEFECTS)
+    folder, _ = elpv_labels()
+    train_cells = {np.asarray(Image.open(folder / cell).convert("L")).tobytes() for cell in elpv_good_split("poly", 2)[0]}
+    for path in sorted((category / "train" / "good").glob("*.png")):
+        strip = np.asarray(Image.open(path))
+        assert strip.shape == (300, 3600)
+        assert all(strip[:, x : x + CELL].tobytes() in train_cells for x in range(0, 3600, CELL))
+    for path in sorted((category / "ground_truth").rglob("*_mask.png")):
+        ys, xs = np.nonzero(np.asarray(Image.open(path)))
+        assert 1 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 24

@@ -123,7 +123,10 @@ def test_working_side_rule() -> None:
     assert choose_working_side([(300, 300)] * 3) == 300  # native
     assert choose_working_side([(128, 128)] * 3) == 256  # small images enlarged
     assert choose_working_side([(1200, 900), (1200, 900), (640, 480)]) == 1200  # the median longer side
-    assert choose_working_side([(6000, 4000)]) == 2048  # capped: tiles then cover it
+    assert choose_working_side([(6000, 4000)]) == 2508  # capped at 2048 x 2048 pixels: tiles then cover it
+    assert choose_working_side([(4096, 4096)]) == 2048
+    assert choose_working_side([(3600, 300)] * 3) == 3600  # a line-scan strip keeps its 300 px across
+    assert choose_working_side([(16000, 1000)]) == 8192  # ... up to the same number of pixels
 
 
 PREDICT_20MP = """

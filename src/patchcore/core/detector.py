@@ -134,7 +134,8 @@ class Detector(BaseEstimator, ABC):
               "default: the packaged ones.", parse=str)
     image_size: int | tuple[int, int] | None = param(
         None, "Working resolution: the longer side in pixels (aspect kept) or WIDTHxHEIGHT. Default: chosen from "
-              "the training images: their native size, enlarged to 256 or shrunk to 2048 px on the longer side.",
+              "the training images: their native size, enlarged to 256 px on the longer side or shrunk to 4.2 "
+              "megapixels (2048 x 2048).",
         parse=parse_image_size)
     center_crop: int | None = param(
         None, "Inspect only the central square of this many working pixels. The paper's MVTec protocol is "

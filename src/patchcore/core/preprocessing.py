@@ -25,11 +25,12 @@ from patchcore.core.scoring import anomaly_maps, map_operator
 SIZE_MULTIPLE = 16
 # Below this many pixels on its longer side an image is enlarged: the stride-16 level would have too few cells.
 MIN_WORKING_SIDE = 64
-# The auto rule keeps training images at their native resolution between these longer sides: smaller
-# ones are enlarged (the 128 px texture crops gained 1.4-9 image-AUROC points at 256 px), larger ones
-# shrunk (then tiled); halving the 2000 px panels cost 17 points (docs/results.md).
+# The auto rule keeps training images at their native resolution from this longer side up to this many
+# pixels: smaller ones are enlarged (the 128 px texture crops gained 1.4-9 image-AUROC points at 256 px),
+# larger ones shrunk (then tiled); halving the 2000 px panels cost 17 points (docs/results.md). The limit
+# is an area, not a side, so a line-scan strip keeps its resolution across (docs/results.md).
 MIN_AUTO_SIDE = 256
-MAX_AUTO_SIDE = 2048
+MAX_AUTO_PIXELS = 2048 * 2048
 # Context the network sees beyond the patches a tile keeps (each side, working pixels): the tiles
 # overlap by twice this, so no kept patch is computed near a tile's cut edge.
 TILE_MARGIN = 64
@@ -53,10 +54,13 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
 
 
 def choose_working_side(sizes: Sequence[tuple[int, int]]) -> int:
-    """The auto rule: the training images' median longer side, kept between MIN_AUTO_SIDE and
-    MAX_AUTO_SIDE (native resolution for all but very small or very large images; tiles cover the large)."""
+    """The auto rule: the training images' median longer side, at least MIN_AUTO_SIDE, and at most the
+    longer side at which an image of their median aspect ratio holds MAX_AUTO_PIXELS (native resolution
+    for all but very small or very large images; tiles cover the large)."""
     longest = int(np.median([max(size) for size in sizes]))
-    return max(MIN_AUTO_SIDE, min(longest, MAX_AUTO_SIDE))
+    aspect = float(np.median([max(size) / max(min(size), 1) for size in sizes]))
+    largest = int(math.sqrt(MAX_AUTO_PIXELS * aspect))
+    return max(MIN_AUTO_SIDE, min(longest, largest))
 
 
 def _round_size(value: float, multiple: int) -> int:

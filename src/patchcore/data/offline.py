@@ -6,7 +6,8 @@ inside seven tiles, test crops inside the other two, so none overlaps a train cr
 ELPV: real electroluminescence solar-cell images with real defects, image-level labels only.
 High resolution: 2000 x 720 px texture panels with small synthetic defects (`hires_*`), and 1200 x 900 px
 ELPV modules of 3 x 4 real cells holding one real defective cell (`elpv_module_TYPE`) or one small synthetic
-defect (`elpv_module_TYPE_small`).
+defect (`elpv_module_TYPE_small`); 3600 x 300 px strips of 1 x 12 cells with one small synthetic defect
+(`elpv_strip_TYPE_small`), as a line-scan camera sees a row of cells.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ FOREIGN_DONOR = {"brick": "gravel", "grass": "brick", "gravel": "brick"}
 ELPV_CATEGORIES = ("elpv_mono", "elpv_poly")
 HIRES = tuple(f"hires_{texture}" for texture in TEXTURES)
 ELPV_MODULES = ("elpv_module_mono", "elpv_module_poly", "elpv_module_mono_small", "elpv_module_poly_small")
-OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + HIRES + ELPV_MODULES
+ELPV_STRIPS = ("elpv_strip_mono_small", "elpv_strip_poly_small")
+OFFLINE_CATEGORIES = TEXTURES + ELPV_CATEGORIES + HIRES + ELPV_MODULES + ELPV_STRIPS
 
 # The registry package each benchmark is built from: (import name, pip requirement).
 SOURCE_PACKAGES = {
     **{texture: ("skimage", "scikit-image>=0.22") for texture in TEXTURES},
     **{elpv: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for elpv in ELPV_CATEGORIES},
     **{hires: ("skimage", "scikit-image>=0.22") for hires in HIRES},
-    **{module: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for module in ELPV_MODULES},
+    **{module: ("elpv_dataset", "elpv-dataset==1.0.0.post1") for module in ELPV_MODULES + ELPV_STRIPS},
 }
 
 CROP = 128
@@ -362,13 +364,14 @@ def build_elpv(cell_type: str, root: Path, seed: int = 0, train_share: float = 0
 
 
 MODULE_GRID = (3, 4)  # (rows, columns) of cells in one module image: 900 x 1200 px
+STRIP_GRID = (1, 12)  # one row of cells, as a line-scan strip: 300 x 3600 px
 CELL = 300  # side of an ELPV cell, pixels
 
 
 def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n_test_good: int = 16,
                       n_defective: int = 30) -> dict:
-    """Write an ELPV module category: 1200 x 900 px modules of 3 x 4 real cells, aspect ratio and native
-    resolution of the cells kept. Each defective module of `elpv_module_TYPE` holds one real defective cell
+    """Write an ELPV module category: 1200 x 900 px modules of 3 x 4 real cells (`elpv_strip_*`: 3600 x 300 px
+    strips of 1 x 12 cells), aspect ratio and native resolution of the cells kept. Each defective module of `elpv_module_TYPE` holds one real defective cell
     (p = 1) at a random place, its mask the whole cell (ELPV labels cells, not pixels); each of
     `elpv_module_TYPE_small` holds one small synthetic defect (8-24 px, half of them touching an edge)
     with its pixel mask, on otherwise good cells.
@@ -377,10 +380,11 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
     cells. Both variants of one type share their train and good test modules.
     """
     small = name.endswith("_small")
-    cell_type = name.removeprefix("elpv_module_").removesuffix("_small")
+    strip = name.startswith("elpv_strip_")
+    cell_type = name.removeprefix("elpv_strip_" if strip else "elpv_module_").removesuffix("_small")
     folder, _ = elpv_labels()
     train_cells, test_cells = elpv_good_split(cell_type, seed)
-    rows, columns = MODULE_GRID
+    rows, columns = STRIP_GRID if strip else MODULE_GRID
     per_module = rows * columns
     if n_train * per_module > len(train_cells):
         raise DatasetError(f"{name}: {n_train} train modules need {n_train * per_module} cells, "
@@ -405,7 +409,8 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
     for i in range(n_test_good):
         _save_png(module(test_cells_for_module()), category / "test" / "good" / f"{i:03d}.png")
     description = {
-        "source": "elpv-dataset 1.0.0.post1 (real EL cells; CC BY-NC-SA 4.0), assembled into modules",
+        "source": "elpv-dataset 1.0.0.post1 (real EL cells; CC BY-NC-SA 4.0), assembled into "
+                  + ("strips" if strip else "modules"),
         "image_size": [columns * CELL, rows * CELL],
         "train_images": n_train,
         "test_good": n_test_good,
@@ -420,7 +425,7 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
         at_border = _write_small_defects(category, rng, donor, n_per_defect,
                                          lambda relative: module(test_cells_for_module()))
         description["test_defective"] = n_per_defect * len(DEFECTS)
-        description["defects"] = (f"synthetic, one per defective module, {SMALL_DEFECT[0]}-{SMALL_DEFECT[1]} px "
+        description["defects"] = (f"synthetic, one per defective image, {SMALL_DEFECT[0]}-{SMALL_DEFECT[1]} px "
                                   f"across ({', '.join(DEFECTS)}); {at_border} touch an image edge")
         return description
     defective = elpv_defective(cell_type)
@@ -464,7 +469,7 @@ def build_offline_benchmarks(
                 description[category] = build_texture(category, staging, seed)
             elif category in HIRES:
                 description[category] = build_hires(category, staging, seed)
-            elif category in ELPV_MODULES:
+            elif category in ELPV_MODULES + ELPV_STRIPS:
                 description[category] = build_elpv_module(category, staging, seed)
             else:
                 description[category] = build_elpv(category.removeprefix("elpv_"), staging, seed)
