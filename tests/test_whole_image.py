@@ -164,9 +164,11 @@ def test_overlays_are_bounded_and_leave_uninspected_pixels_uncoloured() -> None:
     amap = np.linspace(0, 1, 3000, dtype=np.float32)[None].repeat(2000, axis=0)
     amap[:, :300] = np.nan  # the left tenth was not inspected
     small = Image.open(io.BytesIO(overlay_png(picture, amap, None)))
-    assert small.size == (1024, 683)
+    assert small.size == (1254, 836)  # a megapixel, aspect kept
     pixels = np.asarray(small)
-    assert (pixels[:, :90] == 128).all() and not (pixels[:, 200:] == 128).all(axis=-1).any()
+    assert (pixels[:, :110] == 128).all() and not (pixels[:, 200:] == 128).all(axis=-1).any()
+    strip = Image.fromarray(np.full((300, 3600, 3), 128, dtype=np.uint8))
+    assert Image.open(io.BytesIO(overlay_png(strip, np.zeros((300, 3600), np.float32), None))).size == (3547, 296)
     full = Image.open(io.BytesIO(overlay_png(picture, amap, None, max_side=None)))
     assert full.size == (3000, 2000)
 

@@ -367,7 +367,8 @@ def fit_many(root: Path, out_dir: Path, categories: str, skip_bad: bool, use_ray
               help="Folder for scores.csv, scores.json and heatmaps/.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @click.option("--heatmap-size", type=click.IntRange(min=0), default=1024, show_default=True,
-              help="Longer side of the heatmap overlays in pixels; 0 writes them at each image's own size.")
+              help="Heatmap overlays hold at most this many pixels squared, aspect kept (1024: about a megapixel); "
+                   "0 writes them at each image's own size.")
 @click.option("--no-heatmaps", is_flag=True, help="Write scores only.")
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
 @_ray_options

@@ -36,7 +36,7 @@ def predict_files(
     on_row: Callable[[dict], None] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Score `files`, writing each heatmap overlay as `out_dir/heatmaps/NAME.png` (none when `out_dir` is None),
-    at most `heatmap_side` pixels on its longer side (None: the image's own size); `on_row` gets each score
+    at most `heatmap_side` squared pixels (None: the image's own size); `on_row` gets each score
     row as soon as it is computed.
 
     Each file is decoded once, for both its score and its overlay. Returns the score rows in the

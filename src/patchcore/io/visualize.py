@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ from PIL import Image
 from patchcore.io.images import ImageInput, load_image
 from patchcore.io.persistence import atomic_write_bytes
 
-# Overlays are written with at most this many pixels on their longer side unless asked otherwise:
-# a 20-megapixel original makes a 5 MB overlay at full size, and most of a predict's time.
+# Overlays are written with at most this side squared pixels unless asked otherwise: a 20-megapixel
+# original makes a 5 MB overlay at full size, and most of a predict's time. An area, not a longer side,
+# so a 3600 x 300 line-scan strip stays 296 px tall instead of 85.
 DEFAULT_HEATMAP_SIDE = 1024
 
 # Anchors of a perceptually ordered dark-blue -> yellow -> red ramp.
@@ -54,15 +56,16 @@ def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    if max_side is None or max(size) <= max_side:
+    """`size` shrunk, aspect kept, to at most the pixels of a `max_side` square (None: as is)."""
+    if max_side is None or size[0] * size[1] <= max_side * max_side:
         return size
-    scale = max_side / max(size)
+    scale = max_side / math.sqrt(size[0] * size[1])
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def preview_png(image: Image.Image, max_side: int | None = DEFAULT_HEATMAP_SIDE) -> bytes:
-    """The image as the model saw it (orientation, bit depth) as PNG bytes, at most `max_side` on its longer
-    side: browsers show neither TIFF nor 16-bit files."""
+    """The image as the model saw it (orientation, bit depth) as PNG bytes, at most `max_side` squared pixels:
+    browsers show neither TIFF nor 16-bit files."""
     buffer = io.BytesIO()
     image.convert("RGB").resize(_shrunk_size(image.size, max_side), Image.BILINEAR).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -71,7 +74,7 @@ def preview_png(image: Image.Image, max_side: int | None = DEFAULT_HEATMAP_SIDE)
 def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5,
             max_side: int | None = DEFAULT_HEATMAP_SIDE) -> Image.Image:
     """Blend the colourised map over the image (the map must have the image's size), shrunk to at most
-    `max_side` pixels on its longer side. Pixels the model did not inspect (NaN) keep the image's own colours."""
+    `max_side` squared pixels. Pixels the model did not inspect (NaN) keep the image's own colours."""
     if anomaly_map.shape != (image.height, image.width):
         raise ValueError(f"map shape {anomaly_map.shape} differs from image size {(image.height, image.width)}")
     image = image.convert("RGB")
@@ -96,7 +99,7 @@ def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float
 
 def overlay_png(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None,
                 max_side: int | None = DEFAULT_HEATMAP_SIDE) -> bytes:
-    """The heatmap overlay of `image` as PNG bytes, at most `max_side` pixels on its longer side."""
+    """The heatmap overlay of `image` as PNG bytes, at most `max_side` squared pixels."""
     vmin, vmax = display_range(anomaly_map, nominal_map_range)
     buffer = io.BytesIO()
     overlay(load_image(image), anomaly_map, vmin, vmax, max_side=max_side).save(buffer, format="PNG")
