@@ -114,3 +114,17 @@ def test_a_flagged_image_can_be_marked_good_and_lands_in_the_feedback_folder(pag
     page.wait_for_function("document.querySelector('button.feedback').textContent.startsWith('Kept as good')",
                            timeout=30_000)
     assert "--from-feedback" in button.inner_text()
+
+
+def test_a_wide_strip_gets_the_whole_row_with_its_overlay_below(page, good_test_crops, tmp_path: Path) -> None:
+    import numpy as np
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.concatenate(good_test_crops[:4], axis=1)).save(strip)  # 512 x 128
+    page.set_input_files("#file-input", str(strip))
+    card = page.locator(".result-card[data-decision]")
+    card.wait_for(timeout=60_000)
+    assert "wide" in card.get_attribute("class").split()
+    original, overlay = card.locator("img.original").bounding_box(), card.locator("img.overlay").bounding_box()
+    assert overlay["y"] > original["y"] + original["height"] - 1  # below, not beside
+    assert overlay["width"] > 0.9 * card.bounding_box()["width"]
