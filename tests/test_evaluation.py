@@ -88,7 +88,7 @@ def test_evaluate_report_and_threshold_columns(tmp_path: Path) -> None:
     html = (tmp_path / "report" / "report.html").read_text()
     for title in ("Summary", "image ROC curve", "PRO curve", "score histogram", "Hardest images"):
         assert title in html
-    assert html.count("<figure>") == 5  # all 3 good and both defective test images (at most 4 + 4)
+    assert html.count("<figure class=''>") == 5  # all 3 good and both defective test images (at most 4 + 4)
     assert "src='http" not in html and "src=\"http" not in html  # self-contained
 
 
@@ -109,3 +109,18 @@ def test_evaluate_names_a_category_without_good_test_images_and_an_out_that_is_a
     (tmp_path / "taken").write_text("a file")
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "taken")])
     assert result.exit_code != 0 and result.output.strip() == f"Error: --out {tmp_path / 'taken'}: is a file, not a folder"
+
+
+def test_report_gives_a_wide_strip_the_whole_row() -> None:
+    import io
+
+    from PIL import Image
+
+    from patchcore.evaluation.report import _shape
+
+    def png(size: tuple[int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", size).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    assert _shape(png((3547, 296))) == "wide" and _shape(png((1254, 836))) == "" and _shape(png((300, 900))) == ""

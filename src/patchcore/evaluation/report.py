@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from patchcore.evaluation.evaluate import CategoryResult, machine_description, markdown_table, mean_row  # noqa: E402
@@ -31,6 +32,7 @@ th:first-child, td:first-child { text-align: left; }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; }
 .gallery figure { margin: 0; width: 220px; font-size: 13px; }
 .gallery img { width: 220px; }
+.gallery figure.wide, .gallery figure.wide img { width: 100%; }
 section { border-top: 2px solid #1d2430; margin-top: 24px; }
 """
 
@@ -70,7 +72,8 @@ def category_section(result: CategoryResult) -> str:
     defects = "".join(f"<tr><td>{html.escape(name)}</td><td>{auroc:.1f}</td></tr>"
                       for name, auroc in (result.per_defect_image_auroc or {}).items())
     gallery = "".join(
-        f"<figure><img alt='overlay' src='data:image/png;base64,{base64.b64encode(entry['overlay_png']).decode()}'>"
+        f"<figure class='{_shape(entry['overlay_png'])}'>"
+        f"<img alt='overlay' src='data:image/png;base64,{base64.b64encode(entry['overlay_png']).decode()}'>"
         f"<figcaption>{html.escape(entry['defect_type'])}, score {entry['score']:.3f}<br>"
         f"{html.escape(Path(entry['image']).name)}</figcaption></figure>"
         for entry in details.gallery
@@ -84,6 +87,12 @@ def category_section(result: CategoryResult) -> str:
         f"{legend_html()}"
         f"<div class='gallery'>{gallery}</div></section>"
     )
+
+
+def _shape(png: bytes) -> str:
+    """'wide' for a line-scan strip or other image at least twice as wide as high: it gets the whole row."""
+    width, height = Image.open(io.BytesIO(png)).size
+    return "wide" if width >= 2 * height else ""
 
 
 def markdown_to_html(table: str) -> str:
