@@ -18,6 +18,7 @@ def test_fit_then_predict_writes_scores_and_heatmaps(image_folder: Path, defect_
     result = run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model" / "manifest.json").is_file()
+    assert "inspects 128 x 128 images at 256 x 256 px (enlarged 2.00x), 1 tile each" in result.output
     query = tmp_path / "queries"
     (query / "a").mkdir(parents=True)
     (query / "b").mkdir()

@@ -308,7 +308,20 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
     else:
         state = f"{model.method} model"
     click.echo(f"fitted on {model.n_train_images_} images: {state}; saved to {out_dir}")
+    click.echo(working_size_line(model))
     echo_threshold(model)
+
+
+def working_size_line(model) -> str:
+    """What the network sees of the commonest training image: its size, the scale from the original, the tiles."""
+    preprocessor, size = model.preprocessor_, model.training_size_
+    working, network = preprocessor.working_size(size), preprocessor.network_size(size)
+    scale = working[0] / size[0]
+    how = "native" if abs(scale - 1) < 0.02 else f"{'enlarged' if scale > 1 else 'shrunk'} {max(scale, 1 / scale):.2f}x"
+    crop = f", centre {network[0]} x {network[1]} kept" if preprocessor.center_crop else ""
+    tiles = len(preprocessor.tiles(network))
+    return (f"inspects {size[0]} x {size[1]} images at {working[0]} x {working[1]} px ({how}{crop}), "
+            f"{tiles} tile{'s' if tiles > 1 else ''} each; --image-size sets it")
 
 
 def fit_ensemble(data_dir: Path, out_dir: Path, presets: list[str], categories: str | None, validation_dir: Path | None,
