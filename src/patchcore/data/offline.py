@@ -370,11 +370,11 @@ CELL = 300  # side of an ELPV cell, pixels
 
 def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n_test_good: int = 16,
                       n_defective: int = 30) -> dict:
-    """Write an ELPV module category: 1200 x 900 px modules of 3 x 4 real cells (`elpv_strip_*`: 3600 x 300 px
-    strips of 1 x 12 cells), aspect ratio and native resolution of the cells kept. Each defective module of `elpv_module_TYPE` holds one real defective cell
-    (p = 1) at a random place, its mask the whole cell (ELPV labels cells, not pixels); each of
-    `elpv_module_TYPE_small` holds one small synthetic defect (8-24 px, half of them touching an edge)
-    with its pixel mask, on otherwise good cells.
+    """Write an ELPV module category: 1200 x 900 px modules of 3 x 4 real cells (`elpv_strip_*`: 3600 x 300
+    px strips of 1 x 12 cells), aspect ratio and native resolution of the cells kept. Each defective module
+    of `elpv_module_TYPE` holds one real defective cell (p = 1) at a random place, its mask the whole cell
+    (ELPV labels cells, not pixels); each of `elpv_module_TYPE_small` (and of the strips) holds one small
+    synthetic defect (8-24 px, half of them touching an edge) with its pixel mask, on otherwise good cells.
 
     Train modules use the cells of `elpv_TYPE`'s train split, each cell once; test modules draw from its test
     cells. Both variants of one type share their train and good test modules.
