@@ -114,3 +114,24 @@ def test_a_tiled_model_with_a_region_of_interest_exports_the_per_tile_graph(trai
     assert max(check_against_pytorch(model, path).values()) < 1e-4
     result = CliRunner().invoke(main, ["export", str(model.save(tmp_path / "model")), "--no-check"], catch_exceptions=False)
     assert result.exit_code == 0 and "a per-tile graph (9 tile(s) per image, a region of interest)" in result.output
+
+
+@pytest.mark.parametrize("tile_size", [None, 128])
+def test_onnx_maps_come_back_at_each_images_own_size(train_crops, good_test_crops, defect_crop, tile_size,
+                                                      tmp_path: Path) -> None:
+    """120 px images (not a multiple of the stride) at a 256 px working size, whole (the image graph) or in
+    tiles (the per-tile graph): the maps are the images' size and lie where the library's do."""
+    crop = np.s_[4:124, 4:124]
+    model = PatchCore(coreset_ratio=0.1, threshold_folds=2, tile_size=tile_size, index="exact",
+                      device="cpu").fit([image[crop] for image in train_crops[:12]])
+    assert model.preprocessor_.working_size((120, 120)) == (256, 256)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    graph = onnxruntime.InferenceSession(str(path)).get_modelmeta().custom_metadata_map["graph"]
+    assert graph == ("image" if tile_size is None else "tile")
+    images = [good_test_crops[0][crop], defect_crop[0][crop]]
+    for (score, onnx_map), prediction in zip(predict_with_onnx(path, images), model.predict(images)):
+        assert onnx_map.shape == prediction.anomaly_map.shape == (120, 120)
+        assert score == pytest.approx(prediction.score, abs=1e-4)
+        # Tiles: the library's own mapping code, so equal; whole: the graph's 256 px map resized, so close.
+        tolerance = 1e-4 if tile_size else 0.01 * float(prediction.anomaly_map.max())
+        np.testing.assert_allclose(onnx_map, prediction.anomaly_map, atol=tolerance, rtol=0)

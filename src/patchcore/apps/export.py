@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from patchcore.core.patchcore import PatchCore
@@ -270,9 +271,9 @@ def check_against_pytorch(model: PatchCore, path: str | Path, n_inputs: int = 2,
 
 
 def predict_with_onnx(path: str | Path, images: list, batch_size: int = 4) -> list[tuple[float, np.ndarray]]:
-    """(image score, anomaly map on the network input) of each image (a path or PIL image) by onnxruntime
-    on an exported file, from the file's metadata alone: the reference for deploying either graph.
-    Images are resized to the training size's working size, as the metadata says."""
+    """(image score, anomaly map at the image's own size, NaN where not inspected) of each image (a path or
+    PIL image) by onnxruntime on an exported file, from the file's metadata alone: the reference for deploying
+    either graph. Images are resized to the training size's working size, as the metadata says."""
     import onnxruntime
 
     from patchcore.core.preprocessing import Preprocessor
@@ -283,19 +284,22 @@ def predict_with_onnx(path: str | Path, images: list, batch_size: int = 4) -> li
     settings = json.loads(metadata["preprocessing"])
     preprocessor = Preprocessor(tuple(settings["working_size"]), tuple(settings["mean"]), tuple(settings["std"]),
                                 settings["center_crop"])
-    inputs = [preprocessor(load_image(image)).numpy() for image in images]
+    pictures = [load_image(image) for image in images]
+    inputs = [preprocessor(picture).numpy() for picture in pictures]
     if metadata["graph"] == "image":
         results = []
         for start in range(0, len(inputs), batch_size):
             scores, maps = session.run(None, {"images": np.stack(inputs[start : start + batch_size])})
-            results += list(zip(scores.tolist(), maps))
+            sizes = [picture.size for picture in pictures[start : start + batch_size]]
+            results += [(score, _network_map_on_original(amap, preprocessor, size))
+                        for score, amap, size in zip(scores.tolist(), maps, sizes)]
         return results
     rule = json.loads(metadata["tiling"])
-    tiles, stride = rule["tiles"], rule["stride"]
+    tiles = rule["tiles"]
     keeps = np.stack([tile_keep(tile, rule) for tile in tiles])
     region = region_grid(rule)
     results = []
-    for pixels in inputs:
+    for picture, pixels in zip(pictures, inputs):
         crops = np.stack([pixels[:, t["y"] : t["y"] + t["height"], t["x"] : t["x"] + t["width"]] for t in tiles])
         parts = [session.run(None, {"tiles": crops[i : i + batch_size], "keep": keeps[i : i + batch_size]})
                  for i in range(0, len(tiles), batch_size)]
@@ -307,10 +311,23 @@ def predict_with_onnx(path: str | Path, images: list, batch_size: int = 4) -> li
             grid[row : row + bottom - top, col : col + right - left] = tile_scores[top:bottom, left:right]
         if region is not None:
             grid[~region] = 0.0
-        height, width = pixels.shape[1:]
-        operators = map_operators(grid.shape, (height, width), rule["blur_sigma"])
-        amap = anomaly_maps(torch.from_numpy(grid)[None], *operators)[0].numpy()
+        # As the library maps patch scores onto the original image (the same code).
+        amap = preprocessor.to_original(torch.from_numpy(grid)[None], picture.size, rule["blur_sigma"])[0]
         if region is not None:
-            amap[~region.repeat(stride, axis=0).repeat(stride, axis=1)] = np.nan
+            amap[~np.asarray(Image.fromarray(region).resize(picture.size, Image.NEAREST))] = np.nan
         results.append((float(scores[int(worst.argmax())]), amap))
     return results
+
+
+def _network_map_on_original(amap: np.ndarray, preprocessor, size: tuple[int, int]) -> np.ndarray:
+    """The image graph's map (on the network input) resized onto the part of the original image of (W, H)
+    `size` that the network saw; NaN elsewhere (outside a centre crop)."""
+    left, top, right, bottom = preprocessor.inspected_box(size)
+    box = (right - left, bottom - top)
+    if (amap.shape[1], amap.shape[0]) != box:
+        amap = np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize(box, Image.BILINEAR))
+    if box == size:
+        return amap
+    full = np.full((size[1], size[0]), np.nan, dtype=np.float32)
+    full[top:bottom, left:right] = amap
+    return full
