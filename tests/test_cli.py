@@ -125,6 +125,7 @@ def test_fit_an_ensemble_of_presets_then_predict_with_it(image_folder: Path, def
                  "--image-size", "128", "--coreset-ratio", "0.1")
     assert result.exit_code == 0, result.output
     assert "ensemble of 2 models (small-defects, default)" in result.output
+    assert "default: inspects 128 x 128 images at 128 x 128 px (native), 1 tile each" in result.output
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["method"] == "ensemble"
     assert [m["params"]["patch_size"] for m in manifest["members"]] == [1, 3]

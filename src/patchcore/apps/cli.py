@@ -338,6 +338,8 @@ def fit_ensemble(data_dir: Path, out_dir: Path, presets: list[str], categories: 
     model.save(out_dir)
     click.echo(f"fitted an ensemble of {len(model.members)} models ({', '.join(presets)}) on "
                f"{model.n_train_images_} images; saved to {out_dir}")
+    for preset, member in zip(presets, model.members):
+        click.echo(f"{preset}: {working_size_line(member)}")
     echo_threshold(model)
 
 
