@@ -26,6 +26,7 @@ from torch import nn
 from patchcore.core.patchcore import PatchCore
 from patchcore.core.scoring import anomaly_maps, image_scores, map_operators
 from patchcore.io.persistence import usual_permissions
+from patchcore.io.visualize import resize_map
 from patchcore.search import BankSearch, describe_index
 
 DEFAULT_MAX_BANK_ROWS = 100_000
@@ -325,7 +326,7 @@ def _network_map_on_original(amap: np.ndarray, preprocessor, size: tuple[int, in
     left, top, right, bottom = preprocessor.inspected_box(size)
     box = (right - left, bottom - top)
     if (amap.shape[1], amap.shape[0]) != box:
-        amap = np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize(box, Image.BILINEAR))
+        amap = resize_map(amap, box)
     if box == size:
         return amap
     full = np.full((size[1], size[0]), np.nan, dtype=np.float32)

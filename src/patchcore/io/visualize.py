@@ -47,7 +47,7 @@ def legend_html() -> str:
             f"background:{ramp_css()}'></span> <small>{LEGEND_TEXT}</small></div>")
 
 
-def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A map resized to (W, H): values bilinearly, the not-inspected (NaN) pixels by nearest neighbour."""
     inspected = np.isfinite(anomaly_map)
     values = Image.fromarray(np.where(inspected, anomaly_map, 0.0).astype(np.float32), mode="F").resize(size, Image.BILINEAR)
@@ -80,7 +80,7 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: floa
     image = image.convert("RGB")
     size = _shrunk_size(image.size, max_side)
     if size != image.size:
-        image, anomaly_map = image.resize(size, Image.BILINEAR), _resize_map(anomaly_map, size)
+        image, anomaly_map = image.resize(size, Image.BILINEAR), resize_map(anomaly_map, size)
     inspected = np.isfinite(anomaly_map)
     heat = Image.fromarray(colorize(np.where(inspected, anomaly_map, vmin), vmin, vmax))
     blended = np.asarray(Image.blend(image, heat, alpha))
