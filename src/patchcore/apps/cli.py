@@ -316,8 +316,13 @@ def working_size_line(model) -> str:
     """What the network sees of the commonest training image: its size, the scale from the original, the tiles."""
     preprocessor, size = model.preprocessor_, model.training_size_
     working, network = preprocessor.working_size(size), preprocessor.network_size(size)
-    scale = working[0] / size[0]
-    how = "native" if abs(scale - 1) < 0.02 else f"{'enlarged' if scale > 1 else 'shrunk'} {max(scale, 1 / scale):.2f}x"
+    across, down = working[0] / size[0], working[1] / size[1]
+    if max(across, down) > 1.02 * min(across, down):  # an exact WIDTHxHEIGHT (e.g. the paper preset) squashes
+        how = f"squashed: {across:.2f}x across, {down:.2f}x down"
+    elif abs(across - 1) < 0.02:
+        how = "native"
+    else:
+        how = f"{'enlarged' if across > 1 else 'shrunk'} {max(across, 1 / across):.2f}x"
     crop = f", centre {network[0]} x {network[1]} kept" if preprocessor.center_crop else ""
     tiles = len(preprocessor.tiles(network))
     return (f"inspects {size[0]} x {size[1]} images at {working[0]} x {working[1]} px ({how}{crop}), "
