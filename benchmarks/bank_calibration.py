@@ -22,7 +22,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from patchcore import PatchCore
-from patchcore.core.thresholds import fold_bounds
+from patchcore.core.crossfit import fold_bounds
 from patchcore.data.categories import load_category, load_mask
 from patchcore.evaluation.evaluate import peak_on_mask
 from patchcore.search import ExactIndex

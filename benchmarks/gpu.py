@@ -83,7 +83,7 @@ def time_coreset(device: str, shape: tuple[int, int]) -> float:
 
 def with_index(model: PatchCore, index) -> PatchCore:
     model.index = index
-    model._set_bank(model.memory_bank_)
+    model.reindex()
     return model
 
 

@@ -33,7 +33,7 @@ def main() -> None:
         model.fit(list(category.train_images))
         for index in args.indexes.split(","):
             model.index = index
-            model._set_bank(model.memory_bank_)  # the same bank, searched by another index
+            model.reindex()  # the same bank, searched by another index
             result = evaluate_fitted(category, model, 0.0)
             print(json.dumps({
                 "category": name, "index": index, "bank": len(model.memory_bank_),

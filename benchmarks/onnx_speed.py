@@ -57,7 +57,7 @@ def main() -> None:
             ours, theirs = best_of(args.repeats, library), best_of(args.repeats, runtime)
             print(f"| {batch_size} | {1000 * ours / len(images):.2f} | {1000 * theirs / len(images):.2f} |")
         model.index = "exact"
-        model._set_bank(model.memory_bank_)
+        model.reindex()
         exact_scores = model.score_samples(pictures)
         onnx_scores, _ = session.run(None, {"images": images.numpy()})
         print(f"\nLargest score difference, onnxruntime vs. library with exact search: "

@@ -9,7 +9,7 @@
 For the first 40 training images of the category (the variant adds altered copies after them, so
 each copy lands in another of the 5 contiguous folds), each image's ratio: the median distance of 32
 of its patches to every patch of the other folds, over the median distance a 1-pixel shift moves an
-image's patches (`patchcore.core.thresholds.repeat_ratios`, as `fit` runs it). Below 0.5 an image
+image's patches (`patchcore.core.crossfit.repeat_ratios`, as `fit` runs it). Below 0.5 an image
 repeats another.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from patchcore import PatchCore
-from patchcore.core.thresholds import NEAR_DUPLICATE_RATIO, fold_of_images, repeat_ratios
+from patchcore.core.crossfit import NEAR_DUPLICATE_RATIO, fold_of_images, repeat_ratios
 from patchcore.data.categories import load_category
 
 

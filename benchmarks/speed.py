@@ -15,7 +15,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from patchcore.core.scoring import image_scores

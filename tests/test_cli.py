@@ -208,13 +208,10 @@ def test_serve_on_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
     assert result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port}: already in use"
 
 
-def test_fit_says_when_the_working_size_squashes_the_images() -> None:
-    from types import SimpleNamespace
-
-    from patchcore.apps.cli import working_size_line
+def test_the_working_size_description_says_when_images_are_squashed() -> None:
     from patchcore.core.preprocessing import Preprocessor
 
     paper = Preprocessor((256, 256), (0.0,) * 3, (1.0,) * 3, center_crop=224)
-    line = working_size_line(SimpleNamespace(preprocessor_=paper, training_size_=(3600, 300)))
+    line = paper.describe((3600, 300))
     assert line.startswith("inspects 3600 x 300 images at 256 x 256 px (squashed: 0.07x across, 0.85x down, "
                            "centre 224 x 224 kept), 1 tile each")

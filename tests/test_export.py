@@ -23,7 +23,7 @@ def exact_model(fitted_model, tmp_path_factory) -> PatchCore:
     CPU provider, so the library's reference does the same (a GPU's TF32 convolutions differ by ~1e-3)."""
     model = PatchCore.load(fitted_model.save(tmp_path_factory.mktemp("export") / "model"), device="cpu")
     model.index = "exact"
-    model._set_bank(model.memory_bank_)
+    model.reindex()
     return model
 
 

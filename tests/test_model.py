@@ -89,8 +89,8 @@ def test_predict_before_fit() -> None:
     "params,message",
     [
         ({"coreset_ratio": 0.0}, "coreset_ratio"),
-        ({"sampler": "kmeans"}, "unknown sampler"),
-        ({"index": "annoy"}, "unknown index"),
+        ({"sampler": "kmeans"}, "sampler must be one of greedy_coreset, random, learned_proxies, none, got .kmeans."),
+        ({"index": "annoy"}, "index must be one of auto, exact"),
         ({"num_neighbours": 0}, "num_neighbours"),
         ({"backbone": "vgg"}, "unknown backbone"),
     ],

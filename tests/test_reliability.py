@@ -99,7 +99,7 @@ def test_skip_bad_fits_and_predicts_around_unreadable_files(image_folder: Path, 
 
 
 def test_written_files_get_the_usual_permissions(fitted_model, tmp_path: Path) -> None:
-    from patchcore.io.persistence import atomic_write_bytes
+    from patchcore.io.files import atomic_write_bytes
 
     umask = os.umask(0o022)
     os.umask(umask)

@@ -82,11 +82,11 @@ def test_cross_fit_knows_each_bank_rows_image_when_sizes_are_mixed(train_crops) 
     wide = np.tile(train_crops[0], (2, 3))  # 384 x 256, inspected at 128 x 80
     images = [*train_crops[1:5], wide]
     model = PatchCore(sampler="none", threshold_folds=5, image_size=128).fit(images)
-    counts = np.bincount(model._bank_origins, minlength=len(images))
+    counts = np.bincount(model.bank_.origins, minlength=len(images))
     expected = [model._n_patches((image.shape[1], image.shape[0])) for image in images]
     assert expected[-1] != expected[0] and counts.tolist() == expected
     # Each fold is one image here: its rows are exactly the ones its own features gave.
-    assert np.array_equal(model.memory_bank_[model._bank_origins == 4], model.patch_features(wide))
+    assert np.array_equal(model.memory_bank_[model.bank_.origins == 4], model.patch_features(wide))
 
 
 def test_fit_warns_when_training_images_repeat_images_of_other_folds(brick, tmp_path) -> None:

@@ -1,19 +1,30 @@
-"""The detectors by name (`--method`), settings presets by name (`--preset`), and loading a saved model whatever
-method it holds."""
+"""The detectors by name (`--method`), settings presets by name (`--preset`), building a model from named options
+(what the command line and Ray are given), and loading a saved model whatever method it holds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from patchcore.core.detector import Detector
-from patchcore.core.patchcore import PatchCore
+from functools import partial
+
+import numpy as np
+
 from patchcore.baselines.ensemble import Ensemble
 from patchcore.baselines.padim import Padim
+from patchcore.baselines.spade import Spade
+from patchcore.core.detector import Detector
+from patchcore.core.manifest import member_arrays, restore_detector, restore_ensemble
+from patchcore.core.patchcore import PatchCore
 from patchcore.errors import ModelFileError
 from patchcore.io.persistence import load_directory
 from patchcore.params import declared
-from patchcore.baselines.spade import Spade
+from patchcore.search import make_index
+
+# Options naming a search-index setting: `index_n_probe` is the index's `n_probe`.
+INDEX_PREFIX = "index_"
+# What `--ensemble` names for a member without a preset.
+DEFAULT_MEMBER = "default"
 
 METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, Spade, Padim)}
 
@@ -47,12 +58,74 @@ def preset_params(name: str, method: type[Detector] = PatchCore) -> dict[str, An
     return dict(PRESETS[name])
 
 
+class UnusedOptionsError(ValueError):
+    """Options given that the chosen method does not use."""
+
+    def __init__(self, method: str, names: list[str]) -> None:
+        super().__init__(f"not used by method {method}: {', '.join(names)}")
+        self.method, self.names = method, names
+
+
+def build_model(options: dict[str, Any]) -> Detector:
+    """The detector named options describe: `method` (default patchcore), `preset`, any declared parameter of
+    the method, and `index_SETTING` for the search index's settings. None means not given. An option the
+    method does not use is an error, not silently ignored."""
+    options = {name: value for name, value in options.items() if value is not None}
+    method = get_method(options.pop("method", PatchCore.method))
+    if "preset" in options:
+        options = {**preset_params(options.pop("preset"), method), **options}
+    index_settings = {name[len(INDEX_PREFIX):]: options.pop(name) for name in list(options)
+                      if name.startswith(INDEX_PREFIX)}
+    accepted = {field.name: field for field in declared(method)}
+    unused = sorted(name for name in options if name not in accepted)
+    if index_settings and "index" not in accepted:
+        unused += [INDEX_PREFIX + name for name in index_settings]
+    if unused:
+        raise UnusedOptionsError(method.method, unused)
+    if index_settings:
+        options["index"] = make_index(options.get("index", accepted["index"].default), **index_settings)
+    return method(**options)
+
+
+def model_factory(options: dict[str, Any]) -> partial:
+    """A picklable recipe for fresh models of `build_model(options)` (Ray ships it to workers), checked once here."""
+    model = build_model(options)
+    return partial(type(model), **model.get_params(deep=False))
+
+
+def ensemble_factory(presets: list[str], options: dict[str, Any]) -> partial:
+    """A picklable recipe for fresh ensembles, one member per preset name (DEFAULT_MEMBER: none), the other options
+    shared."""
+    if options.get("preset") is not None:
+        raise ValueError("an ensemble names each member's preset: give no preset besides")
+    members = [model_factory({**options, "preset": None if name == DEFAULT_MEMBER else name}) for name in presets]
+    settings = {} if options.get("false_alarm_rate") is None else {"false_alarm_rate": options["false_alarm_rate"]}
+    return partial(_new_ensemble, members, **settings)
+
+
+def _new_ensemble(members: list[partial], **settings) -> Ensemble:
+    return Ensemble([make() for make in members], **settings)
+
+
 def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None) -> Detector | Ensemble:
     """Load a saved model directory of any method (PatchCore, SPADE, PaDiM) or an `Ensemble` of them."""
     manifest, arrays = load_directory(path)
-    if "method" not in manifest:
+    return _restore(path, manifest, arrays, device, weights)
+
+
+def _restore(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], device: str | None,
+             weights: str | Path | None) -> Detector | Ensemble:
+    if not isinstance(manifest, dict) or "method" not in manifest:
         raise ModelFileError(f"{path}: the manifest does not say which method the model is")
-    if manifest["method"] == Ensemble.method:
-        return Ensemble._from_manifest(path, manifest, arrays, device, weights)
-    method = get_method(manifest["method"])
-    return method._from_manifest(path, manifest, arrays, device, weights)
+    if manifest["method"] != Ensemble.method:
+        try:
+            method = get_method(manifest["method"])
+        except ValueError as error:
+            raise ModelFileError(f"{path}: {error}") from None
+        return restore_detector(method, path, manifest, arrays, device, weights)
+    try:
+        members = [_restore(path, member, member_arrays(arrays, i), device, weights)
+                   for i, member in enumerate(manifest["members"])]
+    except (KeyError, TypeError) as error:
+        raise ModelFileError(f"{path}: ensemble manifest lacks a required entry or holds a bad one ({error})") from error
+    return restore_ensemble(Ensemble, path, manifest, arrays, members)

@@ -10,12 +10,62 @@ from typing import Any
 HELP = "help"
 PARSE = "parse"
 CLI = "cli"
+CHECK = "check"
 
 
-def param(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, cli: bool = True) -> Any:
-    """A declared hyper-parameter: its default, the help text the CLI and docs show, and how the CLI
-    parses it when the annotation alone does not say (`parse`); `cli=False` keeps it out of the CLI."""
-    return dataclasses.field(default=default, metadata={HELP: help, PARSE: parse, CLI: cli})
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A number between `low` and `high` (None: unbounded), each end included unless `open` there."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self}" if too_low or too_high else None
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """One of `choices`."""
+
+    choices: tuple[str, ...]
+
+    def problem(self, value: Any) -> str | None:
+        return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+
+
+def param(default: Any, help: str, *, check: Range | OneOf | Callable[[Any], str | None] | None = None,
+          parse: Callable[[str], Any] | None = None, cli: bool = True) -> Any:
+    """A declared hyper-parameter: its default, the help text the CLI and docs show, what values it accepts
+    (`check`: a Range, OneOf, or a function returning what is wrong), and how the CLI parses it when the annotation alone does not say (`parse`); `cli=False` keeps
+    it out of the CLI."""
+    return dataclasses.field(default=default, metadata={HELP: help, PARSE: parse, CLI: cli, CHECK: check})
+
+
+def check_params(estimator: Any) -> None:
+    """Raise one ValueError naming the first declared parameter of `estimator` whose value its check refuses
+    (None passes wherever the annotation admits it)."""
+    hints = typing.get_type_hints(type(estimator))
+    for field in declared(type(estimator)):
+        check, value = field.metadata.get(CHECK), getattr(estimator, field.name)
+        if check is None or (value is None and type(None) in typing.get_args(hints[field.name])):
+            continue
+        problem = check.problem(value) if isinstance(check, (Range, OneOf)) else check(value)
+        if problem:
+            raise ValueError(f"{field.name} {problem}, got {value!r}")
 
 
 def declared(cls: type) -> list[dataclasses.Field]:

@@ -89,13 +89,12 @@ class _Scorer:
     def __init__(self, model_dir: str, threads: int, false_alarm_rate: float | None) -> None:
         _set_threads(threads)
         self.model = load_model(model_dir, device="cpu")
-        if false_alarm_rate is not None:
-            self.model.false_alarm_rate = false_alarm_rate
+        self.false_alarm_rate = false_alarm_rate
 
     def score(self, files: list[str], names: list[str], out_dir: str | None, skip_bad: bool,
               heatmap_side: int | None) -> tuple[list, list]:
         return predict_files(self.model, [Path(f) for f in files], names, None if out_dir is None else Path(out_dir),
-                             skip_bad, heatmap_side=heatmap_side)
+                             skip_bad, heatmap_side=heatmap_side, false_alarm_rate=self.false_alarm_rate)
 
 
 def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate: float | None = None):

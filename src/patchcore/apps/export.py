@@ -25,7 +25,7 @@ from torch import nn
 
 from patchcore.core.patchcore import PatchCore
 from patchcore.core.scoring import anomaly_maps, image_scores, map_operators
-from patchcore.io.persistence import usual_permissions
+from patchcore.io.files import usual_permissions
 from patchcore.io.visualize import resize_map
 from patchcore.search import BankSearch, describe_index
 

@@ -11,7 +11,7 @@ from patchcore.core.detector import Detector
 from patchcore.data.categories import Category
 from patchcore.errors import ImageLoadError
 from patchcore.io.images import load_image
-from patchcore.io.outputs import prediction_row
+from patchcore.apps.outputs import prediction_row
 from patchcore.io.visualize import DEFAULT_HEATMAP_SIDE, write_overlay
 
 # Images decoded and scored at a time: bounds the maps and pictures in memory.
@@ -34,10 +34,11 @@ def predict_files(
     progress: bool = False,
     heatmap_side: int | None = DEFAULT_HEATMAP_SIDE,
     on_row: Callable[[dict], None] | None = None,
+    false_alarm_rate: float | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Score `files`, writing each heatmap overlay as `out_dir/heatmaps/NAME.png` (none when `out_dir` is None),
     at most `heatmap_side` squared pixels (None: the image's own size); `on_row` gets each score
-    row as soon as it is computed.
+    row as soon as it is computed; decisions at `false_alarm_rate` (default: the model's own).
 
     Each file is decoded once, for both its score and its overlay. Returns the score rows in the
     files' order and, with `skip_bad`, the messages of files that are not readable images (without
@@ -56,7 +57,7 @@ def predict_files(
                     if not skip_bad:
                         raise
                     skipped.append(str(error))
-            for picture, (file, name), prediction in zip(pictures, kept, model.predict(pictures) if pictures else []):
+            for picture, (file, name), prediction in zip(pictures, kept, model.predict(pictures, false_alarm_rate) if pictures else []):
                 prediction.source = str(file)
                 if out_dir is not None:
                     write_overlay(out_dir / "heatmaps" / f"{name}.png", picture, prediction.anomaly_map,

@@ -18,7 +18,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from patchcore.core.detector import Detector
 from patchcore.errors import ModelFileError, PatchCoreError
-from patchcore.io.persistence import FEEDBACK, atomic_write_bytes, feedback_files, read_manifest
+from patchcore.io.files import atomic_write_bytes
+from patchcore.io.persistence import FEEDBACK, feedback_files, read_manifest
 from patchcore.methods import load_model
 from patchcore.monitoring import DriftReport, model_drift
 

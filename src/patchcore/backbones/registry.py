@@ -15,7 +15,7 @@ from patchcore.backbones.base import Backbone
 from patchcore.backbones.efficientnet_lite import build_efficientnet_lite
 from patchcore.backbones.resnet import build_resnet
 from patchcore.errors import WeightsError
-from patchcore.io.persistence import file_sha256
+from patchcore.io.files import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

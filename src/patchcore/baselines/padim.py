@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from patchcore.backbones import BackboneSpec, LoadedBackbone
-from patchcore.core.detector import Detector, Picture
+from patchcore.core.batches import BatchLoop, Picture
+from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
-from patchcore.params import documented, param
+from patchcore.params import Range, documented, param
 
 
 @documented
@@ -28,14 +29,9 @@ class Padim(Detector):
 
     method = "padim"
 
-    n_channels: int = param(100, "PaDiM: random channels kept for the Gaussians.")
-    covariance_epsilon: float = param(0.01, "PaDiM: epsilon added to each covariance's diagonal.")
-
-    def _validate_method_params(self) -> None:
-        if self.n_channels < 1:
-            raise ValueError(f"n_channels must be >= 1, got {self.n_channels}")
-        if self.covariance_epsilon <= 0:
-            raise ValueError(f"covariance_epsilon must be > 0, got {self.covariance_epsilon}")
+    n_channels: int = param(100, "PaDiM: random channels kept for the Gaussians.", check=Range(1))
+    covariance_epsilon: float = param(0.01, "PaDiM: epsilon added to each covariance's diagonal.",
+                                      check=Range(0, low_open=True))
 
     def _default_layers(self, spec: BackboneSpec) -> tuple[str, ...]:
         return spec.levels[:3]
@@ -52,10 +48,10 @@ class Padim(Detector):
         features = self._network(batch)[..., torch.from_numpy(self.channels_).to(batch.device)]
         return features.flatten(1, 2).double().cpu()
 
-    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
+    def _fit_items(self, items: list[ImageInput], loop: BatchLoop, cross_fit: bool) -> None:
         # Streaming sums: the covariance never needs every training feature in memory at once.
         count, total, outer = 0, None, None
-        for batch in self._training_batches(items):
+        for batch in self._training_batches(items, loop):
             features = self._features(batch)
             if total is not None and features.shape[1:] != total.shape:
                 raise ValueError("PaDiM fits a Gaussian per grid position: give every training image the same "
@@ -74,8 +70,8 @@ class Padim(Detector):
         self.means_ = mean.float().numpy()
         self.inverse_covariances_ = np.ascontiguousarray(torch.linalg.inv(covariance).float().numpy())
 
-    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
-        return self._score_whole(pictures, self._score_batch)
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
+        return self._score_whole(pictures, loop, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._features(batch).float()

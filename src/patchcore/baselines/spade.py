@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from patchcore.backbones import LoadedBackbone
-from patchcore.core.detector import Detector, Picture
+from patchcore.core.batches import BatchLoop, Picture
+from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
 from patchcore.search import ExactIndex
-from patchcore.params import documented, param
+from patchcore.params import Range, documented, param
 
 
 @documented
@@ -31,18 +32,14 @@ class Spade(Detector):
 
     method = "spade"
 
-    n_nearest_images: int = param(50, "SPADE: nearest training images per test image (k).")
-
-    def _validate_method_params(self) -> None:
-        if self.n_nearest_images < 1:
-            raise ValueError(f"n_nearest_images must be >= 1, got {self.n_nearest_images}")
+    n_nearest_images: int = param(50, "SPADE: nearest training images per test image (k).", check=Range(1))
 
     def _make_extractor(self, backbone: LoadedBackbone, layers: tuple[str, ...]) -> FeatureExtractor:
         return FeatureExtractor(backbone, layers, patch_size=1, feature_dim=None, global_layer=backbone.spec.levels[3])
 
-    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
+    def _fit_items(self, items: list[ImageInput], loop: BatchLoop, cross_fit: bool) -> None:
         patch_grids, global_features = [], []
-        for batch in self._training_batches(items):
+        for batch in self._training_batches(items, loop):
             patches, pooled = self.extractor_.forward_with_global(batch)
             patch_grids.append(patches.float().cpu().numpy())
             global_features.append(pooled.float().cpu().numpy())
@@ -52,8 +49,8 @@ class Spade(Detector):
         self.train_patch_features_ = np.concatenate(patch_grids)
         self.train_global_features_ = np.concatenate(global_features)
 
-    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
-        return self._score_whole(pictures, self._score_batch)
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
+        return self._score_whole(pictures, loop, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patches, pooled = self.extractor_.forward_with_global(batch)

@@ -1,4 +1,5 @@
-"""The PatchCore estimator: a coreset memory bank of patch features, nearest-neighbour scoring (Eq. 5-7)."""
+"""The PatchCore estimator: a coreset memory bank of patch features, nearest-neighbour scoring (Eq. 5-7), the
+cross-fit of its nominal scores from the patches fit extracted, and updates without a refit."""
 
 from __future__ import annotations
 
@@ -14,20 +15,35 @@ from PIL import Image, ImageChops
 from sklearn.base import clone
 
 from patchcore.backbones import LoadedBackbone
-from patchcore.core.detector import Detector, Picture
+from patchcore.core.bank import UNKNOWN_ORIGIN, MemoryBank, TrainingPatches
+from patchcore.core.batches import BatchLoop, Picture
+from patchcore.core.calibration import MapSummary, NominalCalibration, summarise
+from patchcore.core.crossfit import NEAR_DUPLICATE_RATIO, fold_bounds, fold_of_images, repeat_ratios
+from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
-from patchcore.core.sampling import (SAMPLERS, coreset_size, extend_coreset, greedy_coreset, learned_proxies,
-                                     random_subsample)
+from patchcore.core.sampling import SAMPLERS, KeepAll, coreset_size, extend_coreset, make_sampler
 from patchcore.core.scoring import image_scores, segment_argmax
-from patchcore.core.thresholds import NEAR_DUPLICATE_RATIO, fold_bounds, fold_of_images, repeat_ratios
-from patchcore.io.images import ImageInput, collect_images, load_image, load_mask_image, read_image_size
-from patchcore.params import documented, int_or_raw, param
-from patchcore.search import (AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, TorchIndex, describe_index, make_index,
-                              resolve_index_kind)
+from patchcore.io.images import ImageInput, collect_images, load_mask_image, read_image_size
+from patchcore.params import OneOf, Range, documented, int_or_raw, param
+from patchcore.search import AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, make_index, resolve_index_kind
 
 RAW = "raw"
+# Training images whose 1-pixel shift measures the scale of the repeat check.
+SHIFT_SAMPLES = 4
+# Patches searched at once when the cross-fit scores the patches fit extracted.
+CROSS_FIT_ROWS = 262_144
 
-NO_SAMPLING = "none"
+
+def _feature_dim_problem(value: Any) -> str | None:
+    if value == RAW or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return "must be a positive integer, 'raw' or None"
+
+
+def _index_problem(value: Any) -> str | None:
+    if isinstance(value, NearestNeighbourIndex) or value in (AUTO_INDEX, *INDEX_KINDS):
+        return None
+    return f"must be one of {', '.join((AUTO_INDEX, *INDEX_KINDS))} or an index instance"
 
 
 @documented
@@ -44,51 +60,39 @@ class PatchCore(Detector):
 
     feature_dim: int | Literal["raw"] | None = param(
         None, "Patch feature dimension, levels pooled to equal shares (the official code's merge); 'raw' "
-              "concatenates every tapped channel (anomalib's). Default per backbone: raw for Lite0.", parse=int_or_raw)
+              "concatenates every tapped channel (anomalib's). Default per backbone: raw for Lite0.",
+        check=_feature_dim_problem, parse=int_or_raw)
     patch_size: int = param(3, "Neighbourhood p of Eq. 1 (odd): patch features averaged over p x p. 1 finds "
-                               "defects of a few pixels far better, and loses on wide defects and textures.")
-    patch_stride: int = param(1, "Stride s on the patch grid (Eq. 3).")
+                               "defects of a few pixels far better, and loses on wide defects and textures.",
+                           check=Range(1))
+    patch_stride: int = param(1, "Stride s on the patch grid (Eq. 3).", check=Range(1))
     sampler: str = param("greedy_coreset", "Memory-bank subsampling: greedy_coreset, random, learned_proxies "
-                                           "(Eq. 8, with the softmax weight exp(-distance)) or none.")
-    coreset_ratio: float = param(0.1, "Share of patches kept in the memory bank.")
-    projection_dim: int = param(128, "Dimension of the random projection the greedy coreset searches in.")
+                                           "(Eq. 8, with the softmax weight exp(-distance)) or none.",
+                         check=OneOf(tuple(SAMPLERS)))
+    coreset_ratio: float = param(0.1, "Share of patches kept in the memory bank.", check=Range(0, 1, low_open=True))
+    projection_dim: int = param(128, "Dimension of the random projection the greedy coreset searches in (0: none).",
+                                 check=Range(0))
     index: str | NearestNeighbourIndex = param(
         AUTO_INDEX, "Nearest-neighbour search: auto (torch on CUDA, ivf on CPU), ivf (faiss: codes in the visited "
                     "cells, best candidates re-ranked exactly), torch (exact, in torch on the model's device), exact "
                     "(faiss), ivfflat, ivfpq, hnsw; in the API also an index instance, e.g. IVFIndex(n_probe=16).",
-        parse=str)
+        check=_index_problem, parse=str)
     reweight: bool = param(True, "Eq. 7 score reweighting.")
-    num_neighbours: int = param(9, "b of Eq. 7 (1: no reweighting).")
+    num_neighbours: int = param(9, "b of Eq. 7 (1: no reweighting).", check=Range(1))
     holdout_fraction: float = param(
         0.0, "Share of good images held out to measure nominal scores; 0 (PatchCore's default) measures them "
              "by cross-fit instead, from every training image (threshold_folds).")
     threshold_folds: int = param(
         5, "Cross-fit folds for the nominal scores: each contiguous run of the training images (in file order, so "
            "consecutive frames and neighbouring crops stay together) is scored against the bank without its own "
-           "patches. Used when nothing is held out and no validation images are given.")
+           "patches. Used when nothing is held out and no validation images are given.", check=Range(2))
     tile_size: int | None = param(
         1024, "Largest square of working pixels the network sees at once: larger images are cut into overlapping "
-              "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.")
+              "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.",
+        check=Range(64))
     roi_mask: str | Path | np.ndarray | None = param(
         None, "Region of interest: a mask image, white where to look, stretched to each image's size; patches "
               "outside it neither enter the memory bank nor score, and their map is NaN.", parse=str)
-
-    def _validate_method_params(self) -> None:
-        if self.sampler not in (*SAMPLERS, NO_SAMPLING):
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {(*SAMPLERS, NO_SAMPLING)}")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if not isinstance(self.index, NearestNeighbourIndex) and self.index not in (AUTO_INDEX, *INDEX_KINDS):
-            raise ValueError(f"unknown index {self.index!r}; choose from {', '.join((AUTO_INDEX, *INDEX_KINDS))}")
-        if not (self.feature_dim is None or self.feature_dim == RAW
-                or (isinstance(self.feature_dim, int) and self.feature_dim >= 1)):
-            raise ValueError(f"feature_dim must be a positive integer, 'raw' or None, got {self.feature_dim!r}")
-        if self.num_neighbours < 1:
-            raise ValueError(f"num_neighbours must be >= 1, got {self.num_neighbours}")
-        if self.threshold_folds < 2:
-            raise ValueError(f"threshold_folds must be at least 2, got {self.threshold_folds}")
-        if self.tile_size is not None and self.tile_size < 64:
-            raise ValueError(f"tile_size must be at least 64 pixels, got {self.tile_size}")
 
     def _tile_size(self) -> int | None:
         return self.tile_size
@@ -103,63 +107,140 @@ class PatchCore(Detector):
     def _merge(self, backbone: LoadedBackbone) -> int | Literal["raw"]:
         return self.feature_dim or backbone.spec.default_feature_dim
 
+    def _new_index(self) -> NearestNeighbourIndex:
+        """A fresh, unfitted search index as the parameters say."""
+        if isinstance(self.index, NearestNeighbourIndex):
+            return clone(self.index)
+        return make_index(resolve_index_kind(self.index, self.device_))
+
+    # -- the fitted bank ----------------------------------------------------------------------
+
+    @property
+    def memory_bank_(self) -> np.ndarray:
+        """The bank's rows (n, feature_dim)."""
+        return self.bank_.rows
+
+    @property
+    def index_(self) -> NearestNeighbourIndex:
+        """The search over the bank."""
+        return self.bank_.index
+
+    def reindex(self) -> "PatchCore":
+        """Search the fitted bank with the index the parameters now name (e.g. after `set_params(index="exact")`)."""
+        self._check_fitted()
+        self.bank_ = MemoryBank(self.bank_.rows, self.bank_.origins).indexed(self._new_index(), self.device_)
+        return self
+
     # -- fitting ----------------------------------------------------------------------------
 
-    def _fit_items(self, items: list[ImageInput], cross_fit: bool) -> None:
+    def _fit_items(self, items: list[ImageInput], loop: BatchLoop, cross_fit: bool) -> NominalCalibration | None:
         started = time.perf_counter()
         self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
         self._region_cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
         self.feature_dim_ = self.extractor_.feature_dim
-        patches, patch_origins = self._collect_patches(items)
+        shift_samples = range(0, len(items), max(1, len(items) // SHIFT_SAMPLES))[:SHIFT_SAMPLES]
+        patches, names, kept_images = self._extract(items, loop, keep=set(shift_samples))
         if len(patches) == 0:
             raise ValueError("the region-of-interest mask leaves no patch to learn from")
         self.extraction_seconds_ = time.perf_counter() - started
 
         started = time.perf_counter()
-        rows = self._subsample(patches)
+        bank = self._sampler().sample(patches)
         self.sampling_seconds_ = time.perf_counter() - started
+        started = time.perf_counter()
+        self.bank_ = bank.indexed(self._new_index(), self.device_)
+        self.index_seconds_ = time.perf_counter() - started
         self.n_patches_seen_ = len(patches)
-        if rows is None:
-            bank, origins = patches, patch_origins
-        elif rows.ndim == 2:  # learned proxies: new vectors, from no one image
-            bank, origins = rows, None
-        else:
-            bank, origins = patches[rows], patch_origins[rows]
-        self._bank_origins = origins
-        self._set_bank(bank)
-        self.coverage_radius_ = self._coverage_radius(patches)
-        # Only where the nominal scores will come from the cross-fit, which a bank of learned proxies cannot have.
-        can_cross_fit = cross_fit and origins is not None
-        self.repeated_images_ = self._repeated_images(items, patches, patch_origins) if can_cross_fit else None
+        self.coverage_radius_ = self._coverage_radius(patches.features)
+        # Only where the nominal scores will come from the cross-fit, which a bank of learned proxies (from no one
+        # image) or a single image cannot have.
+        folds = min(self.threshold_folds, len(names))
+        if not cross_fit or bank.origins is None or folds < 2:
+            self.repeated_images_ = None
+            return None
+        self.repeated_images_ = self._repeated_images(patches, names, kept_images)
+        started = time.perf_counter()
+        scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=folds)
+        self.cross_fit_seconds_ = time.perf_counter() - started
+        return NominalCalibration.of(scores, maps, f"cross-fit over {folds} folds of the training images")
 
-    def _repeated_images(self, items: list[ImageInput], patches: np.ndarray, origins: np.ndarray) -> dict | None:
+    @torch.inference_mode()
+    def _patch_rows(self, items: Sequence[ImageInput], loop: BatchLoop
+                    ) -> Iterator[tuple[int, Picture, np.ndarray, np.ndarray]]:
+        """(position in `items`, picture, patch features (n, D), grid positions (n, 2)) of every tile core of every
+        readable image, inside the region of interest; each image decoded once."""
+        for positions, pictures in loop.chunks(items, "features"):
+            for entries, batch in loop.batches(pictures):
+                features = self._network(batch).float().cpu()  # bank rows live in host memory
+                for (i, tile), grid in zip(entries, features):
+                    top, bottom, left, right = tile.core
+                    core = grid[top:bottom, left:right]
+                    rows, columns = np.meshgrid(np.arange(core.shape[0]) + tile.place[0],
+                                                np.arange(core.shape[1]) + tile.place[1], indexing="ij")
+                    places = np.stack([rows.ravel(), columns.ravel()], axis=1).astype(np.int32)
+                    inside = self._inside(pictures[i].size, tile.place, core.shape[:2])
+                    if inside is None:
+                        yield positions[i], pictures[i], core.reshape(-1, core.shape[-1]).numpy(), places
+                    else:
+                        yield positions[i], pictures[i], core[torch.from_numpy(inside)].numpy(), places[inside.ravel()]
+
+    def _extract(self, items: list[ImageInput], loop: BatchLoop, keep: set[int] = frozenset()
+                 ) -> tuple[TrainingPatches, list[str], dict[int, Image.Image]]:
+        """Every patch of the readable images, each decoded once: the patches (origins numbered over the readable
+        images), the readable images' names, and the decoded images at the positions in `keep`, by their number."""
+        # One array filled tile by tile, its size known from the image headers: the patches are never held twice.
+        patches = TrainingPatches.allocate(sum(self._n_patches(read_image_size(item)) for item in items),
+                                           self.feature_dim_)
+        sizes: dict[int, tuple[int, int]] = {}  # of the readable images, by position in `items`
+        kept_images: dict[int, Image.Image] = {}
+        filled = 0
+        for position, picture, rows, places in self._patch_rows(items, loop):
+            sizes[position] = picture.size
+            if position in keep:
+                kept_images[position] = picture.image
+            patches.features[filled : filled + len(rows)] = rows
+            patches.origins[filled : filled + len(rows)] = position
+            patches.positions[filled : filled + len(rows)] = places
+            filled += len(rows)
+        # Tiles arrive grouped by size, not in file order: images are numbered in file order once all are read.
+        readable = sorted(sizes)
+        patches = patches.trimmed(filled)
+        patches.origins[:] = np.searchsorted(readable, patches.origins)
+        patches.image_sizes.extend(sizes[position] for position in readable)
+        names = [_name(items[position], number) for number, position in enumerate(readable)]
+        return patches, names, {readable.index(position): image for position, image in kept_images.items()}
+
+    def _coverage_radius(self, patches: np.ndarray, sample: int = 20_000) -> float:
+        """How far the training patches lie from the bank at most (estimated on a seeded sample): the
+        coreset's covering radius, which `partial_fit` keeps for new patches."""
+        if len(patches) > sample:
+            patches = patches[np.sort(np.random.default_rng(self.seed).choice(len(patches), sample, replace=False))]
+        distances, _ = self.index_.search(np.ascontiguousarray(patches), 1)
+        return float(distances.max())
+
+    def _repeated_images(self, patches: TrainingPatches, names: list[str], images: dict[int, Image.Image]) -> dict | None:
         """Which training images another cross-fit fold already shows (their nominal scores would be too
         low): checked on up to 64 images against every patch of the other folds, on the scale of a
-        1-pixel shift of a few of the images themselves. None with fewer than two folds."""
-        folds = min(self.threshold_folds, len(items))
-        if folds < 2:
-            return None
-        checked = repeat_ratios(patches, origins, fold_of_images(len(items), folds),
-                                self._shift_distance(items, patches, origins), seed=self.seed)
+        1-pixel shift of a few of the images themselves (`images`, kept from the one decoding pass)."""
+        folds = min(self.threshold_folds, len(names))
+        checked = repeat_ratios(patches.features, patches.origins, fold_of_images(len(names), folds),
+                                self._shift_distance(patches, images), seed=self.seed)
         repeats = [image for image in checked if image.ratio < NEAR_DUPLICATE_RATIO]
-
-        def name(i: int) -> str:
-            return Path(items[i]).name if isinstance(items[i], (str, Path)) else f"image {i}"
-
         return {"checked": len(checked), "repeating": len(repeats),
-                "examples": [[name(r.image), name(r.nearest_image)] for r in repeats[:3]]}
+                "examples": [[names[r.image], names[r.nearest_image]] for r in repeats[:3]]}
 
-    def _shift_distance(self, items: list[ImageInput], patches: np.ndarray, origins: np.ndarray) -> float:
-        """The median distance a 1-pixel shift moves the patches (n, D) of images `origins` (n,), on up to 4 of the `items`."""
+    def _shift_distance(self, patches: TrainingPatches, images: dict[int, Image.Image]) -> float:
+        """The median distance a 1-pixel shift moves the patches of the numbered training `images`."""
         moved_by = []
-        for position in range(0, len(items), max(1, len(items) // 4))[:4]:
-            shifted = ImageChops.offset(load_image(items[position], self.bit_depth), 1, 1)
-            moved = np.concatenate([rows for _, rows in self._patch_rows([shifted])])
-            moved_by.append(np.linalg.norm(patches[origins == position] - moved, axis=1))
+        loop = self._loop()
+        for number, image in images.items():
+            shifted = ImageChops.offset(image, 1, 1)
+            moved = np.concatenate([rows for _, _, rows, _ in self._patch_rows([shifted], loop)])
+            moved_by.append(np.linalg.norm(patches.features[patches.origins == number] - moved, axis=1))
         return float(np.median(np.concatenate(moved_by)))
 
-    def nominal_warnings(self) -> list[str]:
-        warnings = super().nominal_warnings()
+    def nominal_warnings(self, false_alarm_rate: float | None = None) -> list[str]:
+        warnings = super().nominal_warnings(false_alarm_rate)
         repeated = self.repeated_images_
         if repeated and repeated["repeating"]:
             first, second = repeated["examples"][0]
@@ -167,34 +248,9 @@ class PatchCore(Detector):
                 f"{repeated['repeating']} of {repeated['checked']} training images checked repeat images of "
                 f"other cross-fit folds (e.g. {first} ~ {second}: closer than a 1-pixel shift of the same "
                 "image): their nominal scores are lower than new good images' will be, so the threshold may flag "
-                f"more than {self.false_alarm_rate:.1%} of good images; give --validation DIR with independent "
+                f"more than {self._rate(false_alarm_rate):.1%} of good images; give --validation DIR with independent "
                 "good images")
         return warnings
-
-    def _collect_patches(self, items: list[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Every patch feature of the images (n, D) and the index of the image each came from (n,)."""
-        # One array filled tile by tile, its size known from the image headers: the bank is never held twice.
-        total = sum(self._n_patches(read_image_size(item)) for item in items)
-        patches = np.empty((total, self.feature_dim_), dtype=np.float32)
-        # Which image each row came from (tiles of several images arrive interleaved by size): the
-        # cross-fit leaves a fold's own rows out.
-        origins = np.empty(total, dtype=np.int64)
-        filled = 0
-        for image, rows in self._patch_rows(items):
-            patches[filled : filled + len(rows)] = rows
-            origins[filled : filled + len(rows)] = image
-            filled += len(rows)
-        if filled != total:
-            raise ValueError(f"{filled} patches extracted where the image sizes promised {total}")
-        return patches, origins
-
-    def _coverage_radius(self, patches: np.ndarray, sample: int = 20_000) -> float:
-        """How far the training patches lie from the bank at most (estimated on a seeded sample): the
-        coreset's covering radius, which `partial_fit` keeps for new patches."""
-        if len(patches) > sample:
-            patches = patches[np.random.default_rng(self.seed).choice(len(patches), sample, replace=False)]
-        distances, _ = self.index_.search(patches, 1)
-        return float(distances.max())
 
     def _region(self, size: tuple[int, int]) -> np.ndarray | None:
         """The patch grid's region of interest for an image of `size` (None: every patch)."""
@@ -226,77 +282,67 @@ class PatchCore(Detector):
             return None
         return np.ascontiguousarray(region[place[0] : place[0] + shape[0], place[1] : place[1] + shape[1]])
 
+    # -- the cross-fit ----------------------------------------------------------------------
+
+    def _cross_fit(self, patches: TrainingPatches, bank: MemoryBank, first: int, folds: int
+                   ) -> tuple[list[float], list[MapSummary]]:
+        """Nominal scores and map summaries of the images whose patches are `patches` (bank origins `first` + their
+        number): each of `folds` contiguous runs is scored, from the patches already extracted, against `bank`
+        without that run's own rows."""
+        n_images = len(patches.image_sizes)
+        bounds = fold_bounds(n_images, folds)
+        scores: list[float] = []
+        maps: list[MapSummary] = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            fold_bank = bank.without_images(first + start, first + stop).indexed(self._new_index(), self.device_)
+            for image_from, image_to in self._image_runs(patches, start, stop):
+                run_scores, grids = self._score_extracted(patches, image_from, image_to, fold_bank)
+                scores += run_scores
+                maps += [summarise(amap) for amap in self._maps(grids, patches.image_sizes[image_from:image_to])]
+        return scores, maps
+
+    @staticmethod
+    def _image_runs(patches: TrainingPatches, start: int, stop: int) -> Iterator[tuple[int, int]]:
+        """Runs of images start to stop - 1 holding at most CROSS_FIT_ROWS patches (or one image), in order."""
+        counts = np.bincount(patches.origins, minlength=stop)[start:stop]
+        run_start, rows = start, 0
+        for image, count in enumerate(counts, start):
+            if rows and rows + count > CROSS_FIT_ROWS:
+                yield run_start, image
+                run_start, rows = image, 0
+            rows += count
+        yield run_start, stop
+
     @torch.inference_mode()
-    def _patch_rows(self, items: list[ImageInput]) -> Iterator[tuple[int, np.ndarray]]:
-        """(index of the image in `items`, patch features (n, D)) of every tile core, inside the region of interest."""
-        first = 0
-        for chunk, pictures in self._picture_chunks(items, "features"):
-            for entries, batch in self._network_batches(pictures):
-                features = self._network(batch).float().cpu()  # bank rows live in host memory
-                for (i, tile), grid in zip(entries, features):
-                    top, bottom, left, right = tile.core
-                    core = grid[top:bottom, left:right]
-                    inside = self._inside(pictures[i].size, tile.place, core.shape[:2])
-                    rows = core.reshape(-1, core.shape[-1]) if inside is None else core[torch.from_numpy(inside)]
-                    yield first + i, rows.numpy()
-            first += len(chunk)
+    def _score_extracted(self, patches: TrainingPatches, start: int, stop: int, bank: MemoryBank
+                         ) -> tuple[list[float], list[torch.Tensor]]:
+        """(image scores, patch-score grids) of images start to stop - 1 from their extracted patches, against `bank`."""
+        chosen = patches.of_images(start, stop)
+        queries = torch.from_numpy(np.ascontiguousarray(patches.features[chosen])).to(self.device_)
+        owners = torch.from_numpy(patches.origins[chosen] - start).to(self.device_)
+        places = torch.from_numpy(patches.positions[chosen].astype(np.int64)).to(self.device_)
+        distances, nearest = bank.index.search_tensor(queries, k=1)
+        patch_scores = distances[:, 0]
+        preprocessor = self.preprocessor_
+        grids = []
+        for number, size in enumerate(patches.image_sizes[start:stop]):
+            grid = torch.zeros(preprocessor.grid_size(preprocessor.network_size(size)), device=self.device_)
+            mine = owners == number
+            grid[places[mine, 0], places[mine, 1]] = patch_scores[mine]
+            grids.append(grid)
+        worst = segment_argmax(patch_scores, owners, stop - start)
+        scores = self._image_scores(queries[worst], patch_scores[worst], nearest[worst, 0], bank)
+        return scores.tolist(), grids
 
-    def _set_bank(self, bank: np.ndarray, index_state: np.ndarray | None = None) -> None:
-        """The bank and its search index: fitted, or restored from a saved state without training again."""
-        self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
-        if isinstance(self.index, NearestNeighbourIndex):
-            index = clone(self.index)
-        else:
-            index = make_index(resolve_index_kind(self.index, self.device_))
-        if index_state is None or not index.saves_state:  # 'auto' saved on a CPU may load on a GPU: rebuilt
-            self.index_ = index.fit(self.memory_bank_).to(self.device_)
-        else:
-            self.index_ = index.restore(index_state, self.memory_bank_.shape[1])
-        # Eq. 7 reads bank rows where the search runs; a torch index already holds the bank there.
-        self._bank_tensor = (self.index_.bank_ if isinstance(self.index_, TorchIndex)
-                             else torch.from_numpy(self.memory_bank_).to(self.device_))
+    def _image_scores(self, worst_features: torch.Tensor, worst_scores: torch.Tensor, worst_nearest: torch.Tensor,
+                      bank: MemoryBank) -> torch.Tensor:
+        """Image scores (Eq. 6-7) from each image's worst patch: its feature, distance and nearest bank row."""
+        return image_scores(worst_features[:, None], worst_scores[:, None], worst_nearest[:, None], bank.on_device,
+                            bank.index.search_tensor, self.num_neighbours, self.reweight)
 
-    def _subsample(self, patches: np.ndarray) -> np.ndarray | None:
-        """Indices of the patches the bank keeps (None: all of them), or for learned proxies, which are
-        not patches, the proxies themselves (2-D)."""
-        if self.sampler == NO_SAMPLING or self.coreset_ratio >= 1.0:
-            return None
-        n_select = coreset_size(len(patches), self.coreset_ratio)
-        if self.sampler == "random":
-            return random_subsample(len(patches), n_select, self.seed)
-        if self.sampler == "learned_proxies":
-            return learned_proxies(patches, n_select, seed=self.seed, device=self.device_, progress=self.progress)
-        return greedy_coreset(patches, n_select, self.projection_dim, self.seed, self.device_, progress=self.progress)
+    # -- updates ----------------------------------------------------------------------------
 
-    def _cross_fit_nominal(self, items: list[ImageInput]) -> str:
-        """Nominal scores of every training image: each of `threshold_folds` contiguous runs of images is
-        predicted with the bank minus the rows that came from its own images."""
-        predictions = self._cross_fit_predictions(items, first=0)
-        if predictions is None:  # learned proxies come from no one image: nothing to leave out
-            return super()._cross_fit_nominal(items)
-        self._fit_nominal_statistics(predictions)
-        return f"cross-fit over {min(self.threshold_folds, len(items))} folds of the training images"
-
-    def _cross_fit_predictions(self, items: list[ImageInput], first: int, folds: int | None = None) -> list | None:
-        """Predictions of `items` (bank rows of origin `first` + i), each of `folds` (default
-        `threshold_folds`) contiguous runs against the bank without that run's own rows; None when that
-        cannot be done (one image, or a bank of learned proxies)."""
-        folds = min(folds or self.threshold_folds, len(items))
-        if folds < 2 or self._bank_origins is None:
-            return None
-        full = self.memory_bank_, self.index_, self._bank_tensor
-        origins = self._bank_origins
-        bounds = first + fold_bounds(len(items), folds)
-        predictions = []
-        try:
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                self._set_bank(full[0][(origins < start) | (origins >= stop)])
-                predictions += list(self.iter_predict(items[start - first : stop - first]))
-        finally:
-            self.memory_bank_, self.index_, self._bank_tensor = full
-        return predictions
-
-    def partial_fit(self, images: ImageInput | Sequence[ImageInput]) -> "PatchCore":
+    def partial_fit(self, images: ImageInput | Sequence[ImageInput], skip_bad: bool = False) -> "PatchCore":
         """Add good images to a fitted model without refitting it.
 
         Their patches continue the greedy coreset with the current bank as the points already chosen: a
@@ -304,51 +350,62 @@ class PatchCore(Detector):
         than `coverage_radius_`, the distance within which the fit's coreset holds every training patch,
         and at most `coreset_ratio` of the new patches are added. Old rows are never removed. Nominal
         scores for the threshold come as in `fit`: a `holdout_fraction` share of the new images held out,
-        or a cross-fit over the new images (each fold against the bank without its own new rows).
+        or a cross-fit over the new images (each fold against the bank without its own new rows), from the
+        patches already extracted: each new image is decoded once.
         """
         self._check_fitted()
-        if self._bank_origins is None:
+        if self.bank_.origins is None:
             raise ValueError("a bank of learned proxies cannot be extended (they come from no image): refit")
         items = collect_images(images, training=True)
+        self.skipped_images_ = []
+        skipped = self.skipped_images_ if skip_bad else None
         train_items, holdout_items = self._split_holdout(items)
+        train_items, _ = self._readable_sizes(train_items, skipped)
         first = self.n_train_images_
-        patches, origins = self._collect_patches(train_items)
-        distances, _ = self.index_.search(patches, 1)
-        limit = len(patches) if self.sampler == NO_SAMPLING else coreset_size(len(patches), self.coreset_ratio)
-        added = extend_coreset(patches, distances[:, 0], limit, self.coverage_radius_)
-        self._bank_origins = np.concatenate([self._bank_origins, first + origins[added]])
-        self._set_bank(np.concatenate([self.memory_bank_, patches[added]]))
+        patches, names, _ = self._extract(train_items, self._loop(skipped))
+        distances, _ = self.index_.search(np.ascontiguousarray(patches.features), 1)
+        limit = len(patches) if isinstance(self._sampler(), KeepAll) else coreset_size(len(patches), self.coreset_ratio)
+        added = extend_coreset(patches.features, distances[:, 0], limit, self.coverage_radius_)
+        self.bank_ = self.bank_.extended(patches.features[added], first + patches.origins[added]).indexed(
+            self._new_index(), self.device_)
         if holdout_items:
-            predictions = list(self.iter_predict(holdout_items))
+            predictions = list(self._predict(holdout_items, with_maps=True, loop=self._loop(skipped)))
             how = "held-out new images"
+            scores, maps = [p.score for p in predictions], [summarise(p.anomaly_map) for p in predictions]
         else:
             # Runs as long as the fit's (its images / threshold_folds), so that near-twins among the new
             # images are left out together, as they were at fit time; at least two.
-            folds = max(2, round(self.threshold_folds * len(train_items) / (first + len(train_items))))
-            predictions = self._cross_fit_predictions(train_items, first, folds) or []
+            folds = max(2, round(self.threshold_folds * len(names) / (first + len(names))))
             how = f"cross-fit over {folds} runs of the new images"
-        self._add_nominal_statistics(predictions)
-        if predictions:
-            self.nominal_source_ += f"; {len(predictions)} from an update ({how})"
-        self.n_train_images_ += len(train_items)
+            scores, maps = [], []
+            if min(folds, len(names)) >= 2:
+                scores, maps = self._cross_fit(patches, self.bank_, first, min(folds, len(names)))
+        if scores:
+            self.calibration_ = self.calibration_.extended(
+                scores, maps, f"{self.calibration_.source}; {len(scores)} from an update ({how})")
+        self.n_train_images_ += len(names)
         self.n_patches_seen_ += len(patches)
         previous = self.change_ if self.change_.get("action") == "update" else {}
         self.change_ = {"action": "update",
-                        "images_added": previous.get("images_added", 0) + len(train_items),
+                        "images_added": previous.get("images_added", 0) + len(names),
                         "images_held_out": previous.get("images_held_out", 0) + len(holdout_items),
                         "rows_added": previous.get("rows_added", 0) + len(added)}
         self.rows_added_ = len(added)
         return self
+
+    def _sampler(self):
+        return make_sampler(self.sampler, self.coreset_ratio, seed=self.seed, projection_dim=self.projection_dim,
+                            device=self.device_, progress=self.progress)
 
     # -- inference --------------------------------------------------------------------------
 
     def patch_features(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Locally aware patch features of images, (n_patches, feature_dim): what the bank is built from."""
         self._check_fitted()
-        return np.concatenate([rows for _, rows in self._patch_rows(collect_images(images))])
+        return np.concatenate([rows for _, _, rows, _ in self._patch_rows(collect_images(images), self._loop())])
 
     @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
-    def _score_pictures(self, pictures: list[Picture]) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
         """Patch distances tile by tile into each picture's grid (memory bounded by a batch of tiles), the
         worst patch of each tile kept, then of each picture; then Eq. 7 on that patch."""
         preprocessor = self.preprocessor_
@@ -358,7 +415,7 @@ class PatchCore(Detector):
         grids = [torch.zeros(preprocessor.grid_size(preprocessor.network_size(size)), device=self.device_)
                  for size in sizes]
         worst_values, worst_features, worst_found, owners = [], [], [], []
-        for entries, batch in self._network_batches(pictures):
+        for entries, batch in loop.batches(pictures):
             features = self._network(batch).float()
             kept = []  # (picture index, tile, region-of-interest mask or None, core features) of each inspected tile
             for (i, tile), grid in zip(entries, features):
@@ -395,9 +452,8 @@ class PatchCore(Detector):
             raise ValueError("the region-of-interest mask leaves no patch of this image to inspect")
         values = torch.cat(worst_values)
         worst = _segments_argmax(values, [1] * len(owners), owners, len(pictures))
-        scores = image_scores(torch.cat(worst_features)[worst][:, None], values[worst][:, None],
-                              torch.cat(worst_found)[worst][:, None],
-                              self._bank_tensor, self.index_.search_tensor, self.num_neighbours, self.reweight)
+        scores = self._image_scores(torch.cat(worst_features)[worst], values[worst], torch.cat(worst_found)[worst],
+                                    self.bank_)
         return list(zip(scores.tolist(), grids))
 
     def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -420,24 +476,16 @@ class PatchCore(Detector):
         return state, arrays
 
     def _resolved_params(self) -> dict[str, Any]:
-        index = self.index if isinstance(self.index, str) else describe_index(self.index)
-        roi = None if self.roi_mask is None else ("array" if isinstance(self.roi_mask, np.ndarray) else str(self.roi_mask))
-        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_, "index": index,
-                "roi_mask": roi}
-
-    @classmethod
-    def _params_from_manifest(cls, params: dict[str, Any]) -> dict[str, Any]:
-        params = super()._params_from_manifest(params)
-        if isinstance(params.get("index"), dict):
-            params["index"] = make_index(**params["index"])
-        return params
+        return {"feature_dim": RAW if self._merge(self.backbone_) == RAW else self.feature_dim_}
 
     def _restore_state(self, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         bank = arrays["memory_bank"]
         self.feature_dim_ = self.extractor_.feature_dim
         if bank.ndim != 2 or bank.shape[1] != self.feature_dim_:
             raise ValueError(f"memory bank shape {bank.shape} does not match feature_dim {self.feature_dim_}")
-        self._set_bank(bank, arrays.get("search_index"))
+        # Which image each row came from is not saved: every row is an old one to a later partial_fit.
+        origins = None if self.sampler == "learned_proxies" else np.full(len(bank), UNKNOWN_ORIGIN, dtype=np.int64)
+        self.bank_ = MemoryBank(bank, origins).indexed(self._new_index(), self.device_, arrays.get("search_index"))
         self.roi_mask_ = arrays.get("roi_mask")
         self._region_cache = {}
         if self.roi_mask_ is not None:
@@ -446,8 +494,10 @@ class PatchCore(Detector):
         # Older models did not record it: 0 means partial_fit adds up to coreset_ratio of the new patches.
         self.coverage_radius_ = float(manifest.get("coverage_radius", 0.0))
         self.repeated_images_ = manifest.get("repeated_training_images")  # not checked before 2026-11-30
-        # Which image each row came from is not saved: every row is an old one to a later partial_fit.
-        self._bank_origins = None if self.sampler == "learned_proxies" else np.full(len(bank), -1, dtype=np.int64)
+
+
+def _name(item: ImageInput, number: int) -> str:
+    return Path(item).name if isinstance(item, (str, Path)) else f"image {number}"
 
 
 def _segments_argmax(values: torch.Tensor, counts: list[int], labels: list[int] | None = None,

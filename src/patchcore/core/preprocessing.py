@@ -156,6 +156,22 @@ class Preprocessor:
         scale_x, scale_y = size[0] / working[0], size[1] / working[1]
         return (round(box[0] * scale_x), round(box[1] * scale_y), round(box[2] * scale_x), round(box[3] * scale_y))
 
+    def describe(self, size: tuple[int, int]) -> str:
+        """What the network sees of an image of (width, height) `size`: the working size, the scale from the
+        original (native, enlarged, shrunk or squashed), the crop and the tiles."""
+        working, network = self.working_size(size), self.network_size(size)
+        across, down = working[0] / size[0], working[1] / size[1]
+        if max(across, down) > 1.02 * min(across, down):  # an exact WIDTHxHEIGHT (e.g. the paper preset) squashes
+            how = f"squashed: {across:.2f}x across, {down:.2f}x down"
+        elif abs(across - 1) < 0.02:
+            how = "native"
+        else:
+            how = f"{'enlarged' if across > 1 else 'shrunk'} {max(across, 1 / across):.2f}x"
+        crop = f", centre {network[0]} x {network[1]} kept" if self.center_crop else ""
+        tiles = len(self.tiles(network))
+        return (f"inspects {size[0]} x {size[1]} images at {working[0]} x {working[1]} px ({how}{crop}), "
+                f"{tiles} tile{'s' if tiles > 1 else ''} each")
+
     def network_pixels(self, image: Image.Image) -> np.ndarray:
         """(H, W, 3) uint8 of what the network sees: the working image, or its centre crop."""
         working = self.working_size(image.size)

@@ -1,14 +1,78 @@
-"""Memory-bank subsampling: greedy k-center coreset (Algorithm 1), random, learned basis proxies (Eq. 8)."""
+"""Memory-bank subsampling: greedy k-center coreset (Algorithm 1), random, learned basis proxies (Eq. 8), or
+none; each sampler an object whose `sample` turns the training patches into a memory bank."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-SAMPLERS = ("greedy_coreset", "random", "learned_proxies")
+from patchcore.core.bank import MemoryBank, TrainingPatches
+
+
+@dataclass(frozen=True)
+class Sampler(ABC):
+    """How the bank is chosen from the training patches: `ratio` of them (at least one), seeded."""
+
+    ratio: float = 0.1
+    seed: int = 0
+    projection_dim: int = 128
+    device: str | torch.device = "cpu"
+    progress: bool = False
+
+    @abstractmethod
+    def sample(self, patches: TrainingPatches) -> MemoryBank: ...
+
+    def _size(self, patches: TrainingPatches) -> int:
+        return coreset_size(len(patches), self.ratio)
+
+
+class GreedyCoresetSampler(Sampler):
+    """Greedy k-center coreset in a random projection (Algorithm 1): the rows that cover every patch best."""
+
+    def sample(self, patches: TrainingPatches) -> MemoryBank:
+        rows = greedy_coreset(patches.features, self._size(patches), self.projection_dim, self.seed, self.device,
+                              progress=self.progress)
+        return MemoryBank(patches.features[rows], patches.origins[rows])
+
+
+class RandomSampler(Sampler):
+    """A seeded random subset of the patches (the paper's baseline sampler)."""
+
+    def sample(self, patches: TrainingPatches) -> MemoryBank:
+        rows = random_subsample(len(patches), self._size(patches), self.seed)
+        return MemoryBank(patches.features[rows], patches.origins[rows])
+
+
+class LearnedProxiesSampler(Sampler):
+    """Learned basis proxies (Eq. 8): new vectors, from no one image."""
+
+    def sample(self, patches: TrainingPatches) -> MemoryBank:
+        proxies = learned_proxies(patches.features, self._size(patches), seed=self.seed, device=self.device,
+                                  progress=self.progress)
+        return MemoryBank(proxies, None)
+
+
+class KeepAll(Sampler):
+    """Every patch (the full bank)."""
+
+    def sample(self, patches: TrainingPatches) -> MemoryBank:
+        return MemoryBank(patches.features, patches.origins)
+
+
+SAMPLERS: dict[str, type[Sampler]] = {"greedy_coreset": GreedyCoresetSampler, "random": RandomSampler,
+                                      "learned_proxies": LearnedProxiesSampler, "none": KeepAll}
+
+
+def make_sampler(name: str, ratio: float, **settings) -> Sampler:
+    """The sampler of that name; a ratio of 1 keeps every patch, whichever is named."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return (KeepAll if ratio >= 1.0 else SAMPLERS[name])(ratio=ratio, **settings)
 
 
 def coreset_size(n_total: int, ratio: float) -> int:

@@ -17,7 +17,7 @@ from patchcore.data.categories import GOOD, Category, load_mask
 from patchcore.evaluation.metrics import PixelMetrics, image_auroc
 from patchcore.core.detector import Detector
 from patchcore.baselines.ensemble import Ensemble
-from patchcore.io.persistence import atomic_write_bytes
+from patchcore.io.files import atomic_write_bytes
 from patchcore.core.thresholds import f1_optimal_threshold
 from patchcore.io.visualize import overlay_png, write_overlay
 

@@ -22,7 +22,7 @@ from patchcore.core.features import FeatureExtractor
 from patchcore.evaluation.metrics import image_auroc
 from patchcore.methods import METHODS
 from patchcore.core.patchcore import PatchCore
-from patchcore.io.persistence import atomic_write_bytes
+from patchcore.io.files import atomic_write_bytes
 
 ModelFactory = Callable[[], Detector | Ensemble]
 

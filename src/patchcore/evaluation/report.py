@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from patchcore.evaluation.evaluate import CategoryResult, machine_description, markdown_table, mean_row  # noqa: E402
-from patchcore.io.persistence import atomic_write_bytes  # noqa: E402
+from patchcore.io.files import atomic_write_bytes  # noqa: E402
 from patchcore.io.visualize import legend_html  # noqa: E402
 
 PRO_LIMIT = 0.3

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from patchcore.io.images import ImageInput, load_image
-from patchcore.io.persistence import atomic_write_bytes
+from patchcore.io.files import atomic_write_bytes
 
 # Overlays are written with at most this side squared pixels unless asked otherwise: a 20-megapixel
 # original makes a 5 MB overlay at full size, and most of a predict's time. An area, not a longer side,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from patchcore.core.detector import Prediction
 from patchcore.errors import PatchCoreError
-from patchcore.io.persistence import atomic_write_bytes
+from patchcore.io.files import atomic_write_bytes
 
 PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision"]
 

@@ -1,0 +1,240 @@
+"""What the commands share: the root group, model options generated from the estimators' declared parameters
+(`patchcore.params`, when a command first needs them, so a new hyper-parameter is one edit and `patchcore --help`
+never imports torch), the Ray and ensemble options, and the lines every command prints the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from patchcore.errors import PatchCoreError
+from patchcore.params import CLI, HELP, PARSE, declared, value_type
+
+SKIP_BAD_HELP = "Skip files that are not readable images (each listed, with why) instead of stopping at the first."
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear line and a non-zero exit, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (PatchCoreError, ValueError, FileNotFoundError) as error:
+            raise click.ClickException(str(error)) from error
+
+
+class _Parsed(click.ParamType):
+    """A click type from a declaration's parse function; its ValueError becomes a usage error."""
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        self.parse, self.name = parse, parse.__name__
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def _option(owner: type, field: dataclasses.Field, prefix: str = "", default_help: str | None = None) -> click.Option:
+    """The option of one declared parameter; every default is None so only what the user typed is passed."""
+    flag = "--" + (prefix + field.name).replace("_", "-")
+    help_text = field.metadata[HELP]
+    if default_help is not None:
+        help_text += f"  [default: {default_help}]"
+    elif field.default is not None and not prefix:
+        help_text += f"  [default: {field.default}]"
+    kind = value_type(owner, field)
+    if kind is bool:
+        return click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text)
+    parse = field.metadata[PARSE] or kind
+    click_type = parse if parse in (int, float, str) else _Parsed(parse)
+    return click.Option([flag], type=click_type, default=None, help=help_text)
+
+
+def _declared_options(names: Sequence[str] | None) -> list[click.Option]:
+    """Options for the named parameters, or with None for every method's parameters, `--method` and
+    the search-index settings (`--index-n-probe`, ...)."""
+    from patchcore.methods import INDEX_PREFIX, METHODS, PRESETS
+    from patchcore.search import INDEXES
+
+    fields: dict[str, tuple[type, dataclasses.Field]] = {}
+    for method in METHODS.values():
+        for field in declared(method):
+            if field.metadata[CLI]:
+                fields.setdefault(field.name, (method, field))
+    if names is not None:  # a command on a saved model: its own settings are the defaults
+        return [_option(*fields[name], default_help="the model's own" if name == "false_alarm_rate" else None)
+                for name in names]
+    options = [click.Option(["--method"], type=click.Choice(sorted(METHODS)), default=None,
+                            help="PatchCore, or the SPADE / PaDiM baselines on the same backbone.  [default: patchcore]"),
+               click.Option(["--preset"], type=click.Choice(list(PRESETS)), default=None,
+                            help="Named settings (options given besides win): " + "; ".join(
+                                f"{name}: {_preset_flags(name)}" for name in PRESETS))]
+    options += [_option(owner, field) for owner, field in fields.values()]
+    index_fields: dict[str, tuple[type, dataclasses.Field]] = {}
+    for index in INDEXES.values():
+        for field in declared(index):
+            index_fields.setdefault(field.name, (index, field))
+    return options + [_option(owner, field, INDEX_PREFIX) for owner, field in index_fields.values()]
+
+
+def _preset_flags(name: str) -> str:
+    """A preset as the options it stands for, e.g. '--patch-size 1 --layers level1,level2'."""
+    from patchcore.methods import PRESETS
+
+    def shown(value: Any) -> str:
+        if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+            return "x".join(map(str, value))
+        return ",".join(value) if isinstance(value, (tuple, list)) else str(value)
+
+    return " ".join(f"--{key.replace('_', '-')} {shown(value)}" for key, value in PRESETS[name].items())
+
+
+class _DeclaredCommand(click.Command):
+    """A command whose options for declared parameters are generated on first use (parsing or --help)."""
+
+    def __init__(self, *args, declared_names: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.declared_names, self.generated = declared_names, False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self.generated:
+            self.params.extend(_declared_options(self.declared_names))
+            self.generated = True
+        return super().get_params(ctx)
+
+
+def declared_command(group: click.Group, declared_names: Sequence[str] | None = None, **kwargs):
+    return group.command(cls=_DeclaredCommand, declared_names=declared_names, **kwargs)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="patchcore")
+def main() -> None:
+    """PatchCore anomaly detection: fit on good images, then score and locate defects."""
+
+
+def build(options: dict[str, Any]):
+    """`methods.build_model` of the command's options, with progress bars; a misuse is a usage error naming flags."""
+    from patchcore.methods import UnusedOptionsError, build_model
+
+    try:
+        return build_model({**options, "progress": True})
+    except UnusedOptionsError as error:
+        flags = ", ".join("--" + name.replace("_", "-") for name in error.names)
+        raise click.UsageError(f"not used by --method {error.method}: {flags}") from None
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def factory(options: dict[str, Any], ensemble_presets: list[str] | None = None) -> Callable:
+    """A picklable recipe for fresh models (or ensembles of `--ensemble`'s presets) of the options, checked once here."""
+    from patchcore.methods import ensemble_factory, model_factory
+
+    build(options)  # a misuse is reported with flags before anything runs
+    try:
+        if ensemble_presets is None:
+            return model_factory({**options, "progress": True})
+        return ensemble_factory(ensemble_presets, {**options, "progress": True})
+    except ValueError as error:
+        raise click.UsageError(f"--ensemble: {error}") from None
+
+
+def _preset_names(ctx: click.Context, param: click.Parameter, text: str | None) -> list[str] | None:
+    """`--ensemble`'s comma list as preset names, each known ('default': no preset), at least two."""
+    from patchcore.methods import DEFAULT_MEMBER, PRESETS
+
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name != DEFAULT_MEMBER and name not in PRESETS]
+    if len(names) < 2 or unknown:
+        raise click.BadParameter(f"give two or more of {DEFAULT_MEMBER}, {', '.join(PRESETS)}"
+                                 + (f"; unknown: {', '.join(unknown)}" if unknown else ""), ctx, param)
+    return names
+
+
+ensemble_option = click.option(
+    "--ensemble", "ensemble_presets", default=None, callback=_preset_names,
+    help="One model per preset, comma-separated ('default': no preset), the other options shared, as one model "
+         "whose scores and maps average the members', each normalised by its own good images. "
+         "'small-defects,default' finds defects of a few pixels and wide ones (docs/results.md).")
+
+
+def ray_options(function):
+    options = [
+        click.option("--ray", "use_ray", is_flag=True,
+                     help="Run in parallel on Ray (a local instance unless --ray-address); pip install 'patchcore[ray]'."),
+        click.option("--ray-address", default=None, help="Address of a running Ray cluster (implies --ray)."),
+        click.option("--ray-threads", type=int, default=None,
+                     help="Threads per Ray task or actor (default: as this process for fit/evaluate, so results "
+                          "are bit-identical to a serial run; 1 for predict)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def ray_settings(use_ray: bool, ray_address: str | None, ray_threads: int | None, default_threads: int) -> int | None:
+    """Connect to Ray when asked; the threads each task uses, or None for a serial run."""
+    if not (use_ray or ray_address):
+        if ray_threads is not None:
+            raise click.UsageError("--ray-threads needs --ray or --ray-address")
+        return None
+    from patchcore.apps.distributed import connect
+
+    connect(ray_address)
+    threads = default_threads if ray_threads is None else ray_threads
+    if threads < 1:
+        raise click.UsageError(f"--ray-threads must be >= 1, got {threads}")
+    return threads
+
+
+def report_skipped(messages: Sequence[str]) -> None:
+    if messages:
+        click.echo(f"skipped {len(messages)} unreadable file(s):", err=True)
+        for message in messages:
+            click.echo(f"  {message}", err=True)
+
+
+def load_categories(root: Path, categories: str | None) -> list:
+    """The categories `--categories` names ('mvtec', a comma list, or all under ROOT), each checked
+    before any long work starts."""
+    from patchcore.data.categories import MVTEC_CATEGORIES, discover_categories, load_category
+
+    if categories == "mvtec":
+        names = list(MVTEC_CATEGORIES)
+    else:
+        names = categories.split(",") if categories else discover_categories(root)
+    return [load_category(root, name) for name in names]
+
+
+
+def echo_threshold(model, false_alarm_rate: float | None = None) -> None:
+    """How the good/defect threshold was set, and what limits it."""
+    rate = model.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
+    threshold = model.decision_threshold(rate)
+    if threshold is not None:
+        click.echo(f"threshold {threshold.value:.4f} at {rate:.1%} false alarms, from "
+                   f"{len(model.nominal_scores_)} nominal scores ({model.nominal_source_})")
+    for warning in model.nominal_warnings(rate):
+        click.echo(f"warning: {warning}", err=True)
+
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def echo_metrics(result) -> None:
+    pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
+    pro = "n/a" if result.pro is None else f"{result.pro:.1f}"
+    click.echo(f"  image AUROC {result.image_auroc:.1f}  pixel AUROC {pixel}  PRO {pro}")
+

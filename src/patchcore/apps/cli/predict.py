@@ -1,0 +1,100 @@
+"""Commands that score images with a saved model: `predict` (scores, decisions, heatmaps) and `monitor` (drift)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from patchcore.apps.cli.common import SKIP_BAD_HELP, declared_command, is_inside, main, ray_options, ray_settings, report_skipped
+
+MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, not on the terminal
+
+
+@declared_command(main, declared_names=("device", "weights", "false_alarm_rate"))
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for scores.csv, scores.json and heatmaps/.")
+@click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
+@click.option("--heatmap-size", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Heatmap overlays hold at most this many pixels squared, aspect kept (1024: about a megapixel); "
+                   "0 writes them at each image's own size.")
+@click.option("--no-heatmaps", is_flag=True, help="Write scores only.")
+@click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
+@ray_options
+def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
+            false_alarm_rate: float | None, skip_bad: bool, heatmap_size: int, no_heatmaps: bool, workers: int,
+            use_ray: bool, ray_address: str | None, ray_threads: int | None) -> None:
+    """Score IMAGES (files or folders, searched recursively) with the model in MODEL_DIR; write scores,
+    decisions and heatmaps (heatmaps/NAME.png: the path below the inputs' common folder, '/' as '__').
+    --false-alarm-rate overrides the model's."""
+    import time
+
+    from patchcore.apps.jobs import summary_line
+    from patchcore.core.thresholds import validate_false_alarm_rate
+    from patchcore.io.images import collect_images
+    from patchcore.apps.outputs import ScoresWriter, check_writable_folder, output_names
+
+    check_writable_folder(out_dir)
+    if false_alarm_rate is not None:
+        validate_false_alarm_rate(false_alarm_rate)
+    threads = ray_settings(use_ray, ray_address, ray_threads, 1)
+    files = [file for file in collect_images(list(images)) if not is_inside(file, out_dir)]  # never our own outputs
+    if not files:
+        raise click.ClickException(f"no images to score outside the output folder {out_dir}")
+    names = output_names(files)
+    heatmaps_dir = None if no_heatmaps else out_dir
+    heatmap_side = heatmap_size or None
+    started = time.perf_counter()
+    with ScoresWriter(out_dir) as scores:  # each row reaches scores.csv as soon as it is computed
+        if threads is None:
+            from patchcore.apps.jobs import predict_files
+            from patchcore.methods import load_model
+
+            model = load_model(model_dir, device=device, weights=weights)
+            rows, skipped = predict_files(model, files, names, heatmaps_dir, skip_bad, progress=True,
+                                          heatmap_side=heatmap_side, on_row=scores.add,
+                                          false_alarm_rate=false_alarm_rate)
+        else:
+            if device not in (None, "cpu") or weights is not None:
+                raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
+            if workers < 1:
+                raise click.UsageError(f"--workers must be >= 1, got {workers}")
+            from patchcore.apps.distributed import predict_on_actors, start_scorers
+
+            scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
+            rows, skipped = predict_on_actors(scorers, files, names, heatmaps_dir, skip_bad, heatmap_side=heatmap_side,
+                                              on_row=scores.add, progress=True)
+        report_skipped(skipped)
+        if not rows:
+            raise click.ClickException(f"none of the {len(files)} file(s) is a readable image")
+        scores.finish()
+    if len(rows) <= MAX_ROWS_ECHOED:
+        for row in rows:
+            click.echo(f"{row['score']:10.4f}  {row['decision'] or '(no threshold)':<14}  {row['image']}")
+    heatmaps = "no heatmaps" if no_heatmaps else f"{len(rows)} heatmaps in {out_dir / 'heatmaps'}"
+    click.echo(summary_line(rows, len(skipped), time.perf_counter() - started))
+    click.echo(f"wrote {out_dir / 'scores.csv'} and {heatmaps}")
+
+
+@declared_command(main, declared_names=("device",))
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+def monitor(model_dir: Path, images: tuple[Path, ...], device: str | None) -> None:
+    """Score a batch of recent IMAGES and compare the scores with the model's nominal ones: drift or not
+    (the same statistics as the service's /metrics and /health). Exits 1 on a drift warning."""
+    from patchcore.methods import load_model
+    from patchcore.monitoring import model_drift
+
+    model = load_model(model_dir, device=device)
+    report = model_drift(model, model.score_samples(list(images)))
+    share = "n/a" if report.share_above_threshold is None else f"{report.share_above_threshold:.1%}"
+    psi = "n/a" if report.psi is None else f"{report.psi:.3f}"
+    click.echo(f"{report.n_recent} images: {share} above the threshold (nominal {model.false_alarm_rate:.1%}), "
+               f"PSI {psi}")
+    click.echo(("DRIFT: " if report.warning else "ok: ") + report.reason)
+    if report.warning:
+        sys.exit(1)
+

@@ -1,0 +1,92 @@
+"""The memory bank (rows, the training image each came from, the search over them) and the training patches it
+is sampled from (extracted once per fit: the sampler, the cross-fit and the repeat check all read them)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from patchcore.search import NearestNeighbourIndex, TorchIndex
+
+# Training patches larger than this many bytes live in a memory-mapped file instead of memory.
+PATCHES_IN_MEMORY_BYTES = 4 * 2**30
+# A bank row that came from no image known to this model (learned proxies, or rows of a loaded model).
+UNKNOWN_ORIGIN = -1
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingPatches:
+    """Every patch feature of the training images (n, D), the image each came from (n,), its place on that
+    image's patch grid (n, 2: row, column), and each image's original (width, height)."""
+
+    features: np.ndarray
+    origins: np.ndarray
+    positions: np.ndarray
+    image_sizes: list[tuple[int, int]]
+
+    @classmethod
+    def allocate(cls, total: int, dim: int) -> TrainingPatches:
+        """Room for `total` patches: in memory, or beyond PATCHES_IN_MEMORY_BYTES in an anonymous temporary file,
+        memory-mapped (the system deletes it when the last reference goes)."""
+        if total * dim * 4 <= PATCHES_IN_MEMORY_BYTES:
+            features = np.empty((total, dim), dtype=np.float32)
+        else:
+            features = np.memmap(tempfile.TemporaryFile(prefix="patchcore-patches-"), dtype=np.float32, mode="w+",
+                                 shape=(total, dim))
+        return cls(features, np.empty(total, dtype=np.int64), np.empty((total, 2), dtype=np.int32), [])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def trimmed(self, count: int) -> TrainingPatches:
+        """The first `count` patches (when images promised by their headers could not be decoded)."""
+        if count == len(self):
+            return self
+        return replace(self, features=self.features[:count], origins=self.origins[:count],
+                       positions=self.positions[:count])
+
+    def of_images(self, start: int, stop: int) -> np.ndarray:
+        """Which patches came from images start to stop - 1 (a boolean mask)."""
+        return (self.origins >= start) & (self.origins < stop)
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryBank:
+    """Bank rows (n, D) and the training image each came from (n,; UNKNOWN_ORIGIN for rows of a loaded model;
+    None for learned proxies, which come from no image). `indexed` adds the search over them on a device."""
+
+    rows: np.ndarray
+    origins: np.ndarray | None
+    index: NearestNeighbourIndex | None = None
+    on_device: torch.Tensor | None = None  # the rows where the search runs, for Eq. 7
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def indexed(self, index: NearestNeighbourIndex, device: torch.device, state: np.ndarray | None = None) -> MemoryBank:
+        """This bank searched by `index` (a fresh, unfitted one) on `device`: trained, or restored from a saved
+        `state` without training again."""
+        rows = np.ascontiguousarray(self.rows, dtype=np.float32)
+        if state is None or not index.saves_state:  # 'auto' saved on a CPU may load on a GPU: rebuilt
+            index = index.fit(rows).to(device)
+        else:
+            index = index.restore(state, rows.shape[1])
+        # Eq. 7 reads bank rows where the search runs; a torch index already holds the bank there.
+        on_device = index.bank_ if isinstance(index, TorchIndex) else torch.from_numpy(rows).to(device)
+        return MemoryBank(rows, self.origins, index, on_device)
+
+    def without_images(self, start: int, stop: int) -> MemoryBank:
+        """The rows that came from none of images start to stop - 1 (unindexed): the bank a cross-fit fold meets."""
+        if self.origins is None:
+            raise ValueError("a bank of learned proxies comes from no image: no image's rows can be left out")
+        kept = (self.origins < start) | (self.origins >= stop)
+        return MemoryBank(self.rows[kept], self.origins[kept])
+
+    def extended(self, rows: np.ndarray, origins: np.ndarray) -> MemoryBank:
+        """With more rows (unindexed): an update's."""
+        if self.origins is None:
+            raise ValueError("a bank of learned proxies cannot be extended (they come from no image): refit")
+        return MemoryBank(np.concatenate([self.rows, rows]), np.concatenate([self.origins, origins]))

@@ -1,0 +1,82 @@
+"""The cross-fit: folds of the training images (contiguous runs in file order), and the check that a fold's
+images do not repeat another fold's (their nominal scores would be too low)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from patchcore.search import exact_nearest
+
+# A training image repeats others when, at the median, its patches lie closer to another cross-fit fold's
+# patches than half the distance a 1-pixel shift of the image moves them. Measured (docs/results.md):
+# independent ELPV cells 1.7-2.3, cells with their copy in another fold 0.0, overlapping crops of one
+# texture photo 0.08-0.4.
+NEAR_DUPLICATE_RATIO = 0.5
+
+
+def fold_bounds(n_images: int, folds: int) -> np.ndarray:
+    """The cross-fit's `folds` contiguous runs of `n_images` images in file order: run f is images
+    bounds[f] to bounds[f + 1] - 1."""
+    return np.linspace(0, n_images, folds + 1).round().astype(int)
+
+
+def fold_of_images(n_images: int, folds: int) -> np.ndarray:
+    """The cross-fit fold (`fold_bounds`) of each of `n_images` images."""
+    return np.searchsorted(fold_bounds(n_images, folds)[1:], np.arange(n_images), side="right")
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """A training image whose patches another fold's image already shows (`ratio`: its median patch
+    distance to the other folds over the distance of a 1-pixel shift)."""
+
+    image: int
+    nearest_image: int
+    ratio: float
+
+
+def repeat_ratios(patches: np.ndarray, origins: np.ndarray, folds: np.ndarray, shift_distance: float,
+                  seed: int = 0, max_images: int = 64, patches_per_image: int = 32,
+                  chunk_rows: int = 8192) -> list[Repeat]:
+    """Each checked image (up to `max_images`, spread over the set) among `patches` (n, D) of images
+    `origins` (n,) in cross-fit `folds` (one per image), with its ratio: its sampled patches are searched
+    exactly among the patches of every other fold. It repeats another when the ratio is below
+    NEAR_DUPLICATE_RATIO."""
+    rng = np.random.default_rng(seed)
+    images = np.unique(origins)
+    if len(images) > max_images:
+        images = images[np.linspace(0, len(images) - 1, max_images).round().astype(int)]
+    queries, owners = [], []
+    for image in images:
+        rows = np.flatnonzero(origins == image)
+        queries.append(patches[rng.choice(rows, min(patches_per_image, len(rows)), replace=False)])
+        owners.append(np.full(len(queries[-1]), image))
+    query = torch.from_numpy(np.concatenate(queries))
+    owner = np.concatenate(owners)
+    query_folds = folds[owner]
+    best = torch.full((len(query),), torch.inf)
+    best_row = torch.zeros(len(query), dtype=torch.long)
+    for start in range(0, len(patches), chunk_rows):
+        block = torch.from_numpy(patches[start : start + chunk_rows])
+        block_folds = folds[origins[start : start + chunk_rows]]
+        for fold in np.unique(query_folds):  # each fold's queries against the block's rows of other folds
+            asking = torch.from_numpy(np.flatnonzero(query_folds == fold))
+            allowed = torch.from_numpy(np.flatnonzero(block_folds != fold))
+            if len(allowed) == 0:
+                continue
+            others = block[allowed]
+            distances, rows = exact_nearest(query[asking], others, (others * others).sum(dim=1), 1, 1)
+            closer = distances[:, 0] < best[asking]
+            best[asking] = torch.where(closer, distances[:, 0], best[asking])
+            best_row[asking] = torch.where(closer, allowed[rows[:, 0]] + start, best_row[asking])
+    distances, nearest_images = best.numpy(), origins[best_row.numpy()]
+    checked = []
+    for image in images:
+        mine = owner == image
+        repeated = np.unique(nearest_images[mine], return_counts=True)
+        checked.append(Repeat(int(image), int(repeated[0][repeated[1].argmax()]),
+                              float(np.median(distances[mine])) / max(shift_distance, 1e-12)))
+    return checked
