@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (fit + predict on real texture photos) and `make test`.
+# Two entry points: `make demo` (fit + predict on real texture photos) and `make test` (`make quick`: the fast tier).
 # Both create .venv and install into it on first use.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[data,elpv,ray,test]'
 	touch $@
 
-.PHONY: install demo test
+.PHONY: install demo test quick
 install: $(VENV)/.installed
 
 demo: install
@@ -19,3 +19,7 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest
+
+# The quick tier for the edit-test loop: every test not marked slow.
+quick: install
+	$(PYTHON) -m pytest -m "not slow"

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from patchcore import PatchCore
-from patchcore.core.crossfit import NEAR_DUPLICATE_RATIO, fold_of_images, repeat_ratios
+from patchcore.core.bank import TrainingPatches
+from patchcore.core.crossfit import NEAR_DUPLICATE_RATIO, fold_of_images, repeat_ratios, shift_distance, shift_samples
 from patchcore.data.categories import load_category
 
 
@@ -46,10 +47,11 @@ def main() -> None:
     rows = [model.patch_features([pixels]) for pixels in images]
     patches = np.concatenate(rows)
     origins = np.repeat(np.arange(len(images)), [len(r) for r in rows])
-    shift_distance = model._shift_distance(images, patches, origins)
+    shift = shift_distance(TrainingPatches(patches, origins, np.zeros((len(patches), 2)), []),
+                           {i: Image.fromarray(images[i]) for i in shift_samples(len(images))}, model._embed)
     ratios = np.array([image.ratio for image in repeat_ratios(
-        patches, origins, fold_of_images(len(images), min(model.threshold_folds, len(images))), shift_distance)])
-    print(f"{args.category} {args.variant}: {len(images)} images, 1-px shift distance {shift_distance:.1f}, ratio median "
+        patches, origins, fold_of_images(len(images), min(model.threshold_folds, len(images))), shift)])
+    print(f"{args.category} {args.variant}: {len(images)} images, 1-px shift distance {shift:.1f}, ratio median "
           f"{np.median(ratios):.2f}, min {ratios.min():.2f}; {int((ratios < NEAR_DUPLICATE_RATIO).sum())} of "
           f"{len(ratios)} repeat another (fit said: {model.repeated_images_['repeating']})")
 

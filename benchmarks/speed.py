@@ -38,6 +38,7 @@ def main() -> None:
     model = PatchCore(backbone=args.backbone, coreset_ratio=args.coreset_ratio, holdout_fraction=0.0)
     started = time.perf_counter()
     model.fit(list(category.train_images))
+    loop = model._loop()
     fit_seconds = time.perf_counter() - started
     fit_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -68,7 +69,7 @@ def main() -> None:
                 image_scores(patches, distances[:, 0].reshape(n, -1), nearest[:, 0].reshape(n, -1), bank,
                              model.index_.search_tensor, model.num_neighbours, model.reweight)
 
-        grids = [grid for _, grid in model._score_pictures([model._picture(p) for p in pictures])]
+        grids = [grid for _, grid in model._score_pictures([loop.picture(p) for p in pictures], loop)]
 
         def maps() -> None:
             model._maps(grids, [picture.size for picture in pictures])

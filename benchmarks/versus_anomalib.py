@@ -69,13 +69,14 @@ def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) ->
     train_pictures, test_pictures = paper_crops(train), paper_crops(args.test_paths)
     started = time.perf_counter()
     model.fit(train_pictures)
+    loop = model._loop()
     fit_seconds = time.perf_counter() - started
 
     def predict(batches: list[torch.Tensor]) -> list[float]:
         """Our scoring of the pictures the batches were made from (normalising them is part of ours)."""
         scores, start = [], 0
         for batch in batches:
-            batch_scores, grids = zip(*model._score_pictures([model._picture(p) for p in test_pictures[start : start + len(batch)]]))
+            batch_scores, grids = zip(*model._score_pictures([loop.picture(p) for p in test_pictures[start : start + len(batch)]], loop))
             model._maps(list(grids), [(224, 224)] * len(grids))
             scores += batch_scores
             start += len(batch)

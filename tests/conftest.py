@@ -1,9 +1,8 @@
-"""Shared fixtures: real texture crops (scikit-image's brick photo) and a small fitted model."""
+"""Shared fixtures (real texture crops of scikit-image's brick photo, a small fitted model) and the test tiers:
+tests under integration/ are marked `integration`; `pytest -m "not slow"` is the quick tier for the edit-test loop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,7 @@ import pytest
 
 from patchcore.core.patchcore import PatchCore
 from patchcore.data.offline import texture_photo
-
-CROP = 128
-
-
-def paste_defect(crop: np.ndarray, top: int, left: int, size: int, donor: np.ndarray) -> np.ndarray:
-    """Paste a square from another texture: a defect whose exact location we know."""
-    out = crop.copy()
-    out[top : top + size, left : left + size] = donor[:size, :size]
-    return out
+from tests.helpers import CROP, paste_defect
 
 
 @pytest.fixture(scope="session")
@@ -62,28 +53,12 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory, train_crops: list[np.
     return folder
 
 
-@contextmanager
-def serving(app) -> Iterator[int]:
-    """Run an ASGI app with uvicorn in a thread on a free loopback port; yields the port."""
-    import socket
-    import threading
-    import time
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import torch
 
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the service did not start within 30 s")
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    no_gpu = pytest.mark.skip(reason="needs a GPU")
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)

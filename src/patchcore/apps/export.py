@@ -125,7 +125,7 @@ def tiling(model: PatchCore) -> dict:
     """The tiling rule of the per-tile graph for images of the training size, as the metadata records it."""
     preprocessor = model.preprocessor_
     size = network_size(model)
-    region = model._region(model.training_size_)
+    region = None if model.region_ is None else model.region_.grid(model.training_size_)
     return {
         "grid": list(preprocessor.grid_size(size)),
         "stride": preprocessor.stride,

@@ -1,4 +1,5 @@
-"""Prediction outputs on disk: the scores table (CSV, JSON) and collision-free output names."""
+"""Prediction outputs: the row a prediction becomes, the scores table on disk (CSV, JSON), collision-free output
+names, and the check that an output folder can be written."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def output_names(files: Sequence[Path]) -> list[str]:
 
 
 def prediction_row(prediction: Prediction) -> dict:
+    """The one row a prediction becomes: in scores.csv and scores.json, on the terminal, from Ray actors, in the
+    service's answer."""
     return {"image": prediction.source, "score": prediction.score, "normalised_score": prediction.normalised_score,
             "threshold": prediction.threshold, "decision": prediction.decision}
 

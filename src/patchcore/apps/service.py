@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patchcore import __version__
 from patchcore.apps.live import ServedModel, ServiceMetrics, VersionWatcher
+from patchcore.apps.outputs import prediction_row
 from patchcore.errors import ImageLoadError, ImageTooLargeError, PatchCoreError
 from patchcore.io.images import decode_image
 from patchcore.io.visualize import legend_html, overlay_png, preview_png
@@ -267,18 +268,17 @@ def create_app(
         except PatchCoreError as error:
             raise HTTPException(422, f"{name}: {error}") from error
         metrics.observe_prediction(served.name, prediction.decision, prediction.normalised_score)
+        row = prediction_row(prediction)
+        del row["image"]  # the upload is named by `filename`
         body = {
             "model": served.name,
             "model_version": int(live.manifest_.get("version", 1)),
             "filename": name,
             "width": picture.width,
             "height": picture.height,
-            "score": prediction.score,
-            "normalised_score": prediction.normalised_score,
-            "threshold": prediction.threshold,
+            **row,
             "false_alarm_rate": live.false_alarm_rate,
             "is_anomalous": prediction.is_anomalous,
-            "decision": prediction.decision,
             "seconds": time.perf_counter() - started,
         }
         if overlay:

@@ -3,12 +3,18 @@ images do not repeat another fold's (their nominal scores would be too low)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, ImageChops
 
+from patchcore.core.bank import TrainingPatches
 from patchcore.search import exact_nearest
+
+# Training images whose 1-pixel shift measures the scale of the repeat check.
+SHIFT_SAMPLES = 4
 
 # A training image repeats others when, at the median, its patches lie closer to another cross-fit fold's
 # patches than half the distance a 1-pixel shift of the image moves them. Measured (docs/results.md):
@@ -26,6 +32,54 @@ def fold_bounds(n_images: int, folds: int) -> np.ndarray:
 def fold_of_images(n_images: int, folds: int) -> np.ndarray:
     """The cross-fit fold (`fold_bounds`) of each of `n_images` images."""
     return np.searchsorted(fold_bounds(n_images, folds)[1:], np.arange(n_images), side="right")
+
+
+def image_runs(origins: np.ndarray, start: int, stop: int, max_rows: int) -> Iterator[tuple[int, int]]:
+    """Runs of images start to stop - 1, in order, holding at most `max_rows` patches of `origins` (or one image):
+    a fold scored a run at a time keeps its memory bounded."""
+    counts = np.bincount(origins, minlength=stop)[start:stop]
+    run_start, rows = start, 0
+    for image, count in enumerate(counts, start):
+        if rows and rows + count > max_rows:
+            yield run_start, image
+            run_start, rows = image, 0
+        rows += count
+    yield run_start, stop
+
+
+def shift_samples(n_images: int) -> range:
+    """Which of `n_images` training images measure the 1-pixel shift (kept decoded from the one pass over them)."""
+    return range(0, n_images, max(1, n_images // SHIFT_SAMPLES))[:SHIFT_SAMPLES]
+
+
+def shift_distance(patches: TrainingPatches, images: dict[int, Image.Image],
+                   embed: Callable[[Image.Image], np.ndarray]) -> float:
+    """The median distance a 1-pixel shift moves the patches of the numbered training `images`; `embed` gives an
+    image's patches as fit extracted them."""
+    moved_by = [np.linalg.norm(patches.features[patches.origins == number] - embed(ImageChops.offset(image, 1, 1)),
+                               axis=1)
+                for number, image in images.items()]
+    return float(np.median(np.concatenate(moved_by)))
+
+
+def repeat_report(patches: TrainingPatches, names: list[str], folds: int, shift: float, seed: int = 0) -> dict:
+    """Which training images another cross-fit fold already shows (their nominal scores would be too low),
+    checked on up to 64 images against every patch of the other folds, on the scale of a 1-pixel `shift`."""
+    checked = repeat_ratios(patches.features, patches.origins, fold_of_images(len(names), folds), shift, seed=seed)
+    repeats = [image for image in checked if image.ratio < NEAR_DUPLICATE_RATIO]
+    return {"checked": len(checked), "repeating": len(repeats),
+            "examples": [[names[r.image], names[r.nearest_image]] for r in repeats[:3]]}
+
+
+def repeat_warnings(report: dict | None, false_alarm_rate: float) -> list[str]:
+    """What a `repeat_report` means for the threshold, as a warning (none when nothing repeats)."""
+    if not report or not report["repeating"]:
+        return []
+    first, second = report["examples"][0]
+    return [f"{report['repeating']} of {report['checked']} training images checked repeat images of other "
+            f"cross-fit folds (e.g. {first} ~ {second}: closer than a 1-pixel shift of the same image): their "
+            "nominal scores are lower than new good images' will be, so the threshold may flag more than "
+            f"{false_alarm_rate:.1%} of good images; give --validation DIR with independent good images"]
 
 
 @dataclass(frozen=True)

@@ -231,16 +231,14 @@ class Detector(BaseEstimator, Calibrated, ABC):
         self.training_size_ = max(set(sizes), key=sizes.count)
         self._build_pipeline(load_backbone(self.backbone, self.weights), self.image_size or choose_working_side(sizes))
         n_skipped = len(self.skipped_images_)
-        cross_fit = self._fit_items(train_items, self._loop(skipped), cross_fit=not holdout_items)
+        calibration = self._fit_items(train_items, self._loop(skipped), cross_fit=not holdout_items)
         self.n_train_images_ = len(train_items) - (len(self.skipped_images_) - n_skipped)
-        self.calibration_ = NominalCalibration.empty()  # fitted from here on; no threshold until it is calibrated
         if holdout_items:
             source = "validation images" if validation is not None else "held-out training images"
             predictions = list(self._predict(holdout_items, with_maps=True, loop=self._loop(skipped)))
-            self.calibration_ = NominalCalibration.of([p.score for p in predictions],
-                                                      [summarise(p.anomaly_map) for p in predictions], source)
-        elif cross_fit is not None:
-            self.calibration_ = cross_fit
+            calibration = NominalCalibration.of([p.score for p in predictions],
+                                                [summarise(p.anomaly_map) for p in predictions], source)
+        self.calibration_ = calibration or NominalCalibration.empty()  # no nominal images: no threshold
         self.change_ = {"action": "fit", "images": len(items)}
         return self
 

@@ -49,8 +49,8 @@ def detector_form(model: Detector) -> tuple[dict[str, Any], dict[str, np.ndarray
     state, arrays = model._fitted_state()
     preprocessor = model.preprocessor_
     params = {name: _json_param(value) for name, value in model.get_params(deep=False).items()}
-    params.update(layers=list(model.layers_), device=None, progress=False, image_size=preprocessor.image_size,
-                  **model._resolved_params())
+    # `image_size` stays as asked (None: chosen from the training images); the size chosen is the preprocessing's.
+    params.update(layers=list(model.layers_), device=None, progress=False, **model._resolved_params())
     manifest = {
         "method": model.method,
         "package_version": __version__,
@@ -145,7 +145,11 @@ def restore_detector(cls: type[Detector], path: str | Path, manifest: dict[str, 
             f"{path}: backbone weights {backbone.weights_source} differ from those the model was "
             f"fitted with (sha256 {expected_digest}); pass the original file with --weights"
         )
-    model._build_pipeline(backbone, model.image_size)
+    try:
+        working_size = _param_from_json("image_size", manifest["preprocessing"]["image_size"])
+    except (KeyError, TypeError) as error:
+        raise ModelFileError(f"{path}: manifest lacks a required entry or holds a bad one ({error})") from error
+    model._build_pipeline(backbone, working_size)
     try:
         model.n_train_images_ = manifest["n_train_images"]
         model.training_size_ = tuple(manifest["training_size"])

@@ -11,16 +11,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageChops
+from PIL import Image
 from sklearn.base import clone
 
 from patchcore.backbones import LoadedBackbone
 from patchcore.core.bank import UNKNOWN_ORIGIN, MemoryBank, TrainingPatches
 from patchcore.core.batches import BatchLoop, Picture
 from patchcore.core.calibration import MapSummary, NominalCalibration, summarise
-from patchcore.core.crossfit import NEAR_DUPLICATE_RATIO, fold_bounds, fold_of_images, repeat_ratios
+from patchcore.core.crossfit import (fold_bounds, image_runs, repeat_report, repeat_warnings, shift_distance,
+                                     shift_samples)
 from patchcore.core.detector import Detector
 from patchcore.core.features import FeatureExtractor
+from patchcore.core.region import RegionOfInterest
 from patchcore.core.sampling import SAMPLERS, KeepAll, coreset_size, extend_coreset, make_sampler
 from patchcore.core.scoring import image_scores, segment_argmax
 from patchcore.io.images import ImageInput, collect_images, load_mask_image, read_image_size
@@ -28,8 +30,6 @@ from patchcore.params import OneOf, Range, documented, int_or_raw, param
 from patchcore.search import AUTO_INDEX, INDEX_KINDS, NearestNeighbourIndex, make_index, resolve_index_kind
 
 RAW = "raw"
-# Training images whose 1-pixel shift measures the scale of the repeat check.
-SHIFT_SAMPLES = 4
 # Patches searched at once when the cross-fit scores the patches fit extracted.
 CROSS_FIT_ROWS = 262_144
 
@@ -135,11 +135,10 @@ class PatchCore(Detector):
 
     def _fit_items(self, items: list[ImageInput], loop: BatchLoop, cross_fit: bool) -> NominalCalibration | None:
         started = time.perf_counter()
-        self.roi_mask_ = None if self.roi_mask is None else load_mask_image(self.roi_mask)
-        self._region_cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+        self.region_ = None if self.roi_mask is None else RegionOfInterest(load_mask_image(self.roi_mask),
+                                                                           self.preprocessor_)
         self.feature_dim_ = self.extractor_.feature_dim
-        shift_samples = range(0, len(items), max(1, len(items) // SHIFT_SAMPLES))[:SHIFT_SAMPLES]
-        patches, names, kept_images = self._extract(items, loop, keep=set(shift_samples))
+        patches, names, kept_images = self._extract(items, loop, keep=set(shift_samples(len(items))))
         if len(patches) == 0:
             raise ValueError("the region-of-interest mask leaves no patch to learn from")
         self.extraction_seconds_ = time.perf_counter() - started
@@ -158,7 +157,8 @@ class PatchCore(Detector):
         if not cross_fit or bank.origins is None or folds < 2:
             self.repeated_images_ = None
             return None
-        self.repeated_images_ = self._repeated_images(patches, names, kept_images)
+        shift = shift_distance(patches, kept_images, self._embed)
+        self.repeated_images_ = repeat_report(patches, names, folds, shift, seed=self.seed)
         started = time.perf_counter()
         scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=folds)
         self.cross_fit_seconds_ = time.perf_counter() - started
@@ -218,69 +218,28 @@ class PatchCore(Detector):
         distances, _ = self.index_.search(np.ascontiguousarray(patches), 1)
         return float(distances.max())
 
-    def _repeated_images(self, patches: TrainingPatches, names: list[str], images: dict[int, Image.Image]) -> dict | None:
-        """Which training images another cross-fit fold already shows (their nominal scores would be too
-        low): checked on up to 64 images against every patch of the other folds, on the scale of a
-        1-pixel shift of a few of the images themselves (`images`, kept from the one decoding pass)."""
-        folds = min(self.threshold_folds, len(names))
-        checked = repeat_ratios(patches.features, patches.origins, fold_of_images(len(names), folds),
-                                self._shift_distance(patches, images), seed=self.seed)
-        repeats = [image for image in checked if image.ratio < NEAR_DUPLICATE_RATIO]
-        return {"checked": len(checked), "repeating": len(repeats),
-                "examples": [[names[r.image], names[r.nearest_image]] for r in repeats[:3]]}
-
-    def _shift_distance(self, patches: TrainingPatches, images: dict[int, Image.Image]) -> float:
-        """The median distance a 1-pixel shift moves the patches of the numbered training `images`."""
-        moved_by = []
-        loop = self._loop()
-        for number, image in images.items():
-            shifted = ImageChops.offset(image, 1, 1)
-            moved = np.concatenate([rows for _, _, rows, _ in self._patch_rows([shifted], loop)])
-            moved_by.append(np.linalg.norm(patches.features[patches.origins == number] - moved, axis=1))
-        return float(np.median(np.concatenate(moved_by)))
+    def _embed(self, image: Image.Image) -> np.ndarray:
+        """An image's patches, as fit extracts them."""
+        return np.concatenate([rows for _, _, rows, _ in self._patch_rows([image], self._loop())])
 
     def nominal_warnings(self, false_alarm_rate: float | None = None) -> list[str]:
-        warnings = super().nominal_warnings(false_alarm_rate)
-        repeated = self.repeated_images_
-        if repeated and repeated["repeating"]:
-            first, second = repeated["examples"][0]
-            warnings.append(
-                f"{repeated['repeating']} of {repeated['checked']} training images checked repeat images of "
-                f"other cross-fit folds (e.g. {first} ~ {second}: closer than a 1-pixel shift of the same "
-                "image): their nominal scores are lower than new good images' will be, so the threshold may flag "
-                f"more than {self._rate(false_alarm_rate):.1%} of good images; give --validation DIR with independent "
-                "good images")
-        return warnings
+        return super().nominal_warnings(false_alarm_rate) + repeat_warnings(self.repeated_images_,
+                                                                            self._rate(false_alarm_rate))
 
-    def _region(self, size: tuple[int, int]) -> np.ndarray | None:
-        """The patch grid's region of interest for an image of `size` (None: every patch)."""
-        if self.roi_mask_ is None:
-            return None
-        if ("grid", size) not in self._region_cache:
-            self._region_cache["grid", size] = self.preprocessor_.region_grid(self.roi_mask_, size)
-        return self._region_cache["grid", size]
-
-    def _outside_pixels(self, size: tuple[int, int]) -> np.ndarray:
-        """Which pixels of an image of `size` lie outside the region of interest (computed once per size)."""
-        if ("pixels", size) not in self._region_cache:
-            inside = np.asarray(Image.fromarray(self.roi_mask_).resize(size, Image.NEAREST))
-            self._region_cache["pixels", size] = ~inside
-        return self._region_cache["pixels", size]
+    @property
+    def roi_mask_(self) -> np.ndarray | None:
+        """The region-of-interest mask the model holds (None: every patch is inspected)."""
+        return None if self.region_ is None else self.region_.mask
 
     def _n_patches(self, size: tuple[int, int]) -> int:
-        region = self._region(size)
-        if region is not None:
-            return int(region.sum())
+        if self.region_ is not None:
+            return int(self.region_.grid(size).sum())
         rows, columns = self.preprocessor_.grid_size(self.preprocessor_.network_size(size))
         return rows * columns
 
     def _inside(self, size: tuple[int, int], place: tuple[int, int], shape: tuple[int, int]) -> np.ndarray | None:
-        """Which patches of a tile's core lie in the region of interest (None: all); on the host, so that
-        asking whether any does never waits for the device."""
-        region = self._region(size)
-        if region is None:
-            return None
-        return np.ascontiguousarray(region[place[0] : place[0] + shape[0], place[1] : place[1] + shape[1]])
+        """Which patches of a tile's core lie in the region of interest (None: all)."""
+        return None if self.region_ is None else self.region_.tile(size, place, shape)
 
     # -- the cross-fit ----------------------------------------------------------------------
 
@@ -295,23 +254,11 @@ class PatchCore(Detector):
         maps: list[MapSummary] = []
         for start, stop in zip(bounds[:-1], bounds[1:]):
             fold_bank = bank.without_images(first + start, first + stop).indexed(self._new_index(), self.device_)
-            for image_from, image_to in self._image_runs(patches, start, stop):
+            for image_from, image_to in image_runs(patches.origins, start, stop, CROSS_FIT_ROWS):
                 run_scores, grids = self._score_extracted(patches, image_from, image_to, fold_bank)
                 scores += run_scores
                 maps += [summarise(amap) for amap in self._maps(grids, patches.image_sizes[image_from:image_to])]
         return scores, maps
-
-    @staticmethod
-    def _image_runs(patches: TrainingPatches, start: int, stop: int) -> Iterator[tuple[int, int]]:
-        """Runs of images start to stop - 1 holding at most CROSS_FIT_ROWS patches (or one image), in order."""
-        counts = np.bincount(patches.origins, minlength=stop)[start:stop]
-        run_start, rows = start, 0
-        for image, count in enumerate(counts, start):
-            if rows and rows + count > CROSS_FIT_ROWS:
-                yield run_start, image
-                run_start, rows = image, 0
-            rows += count
-        yield run_start, stop
 
     @torch.inference_mode()
     def _score_extracted(self, patches: TrainingPatches, start: int, stop: int, bank: MemoryBank
@@ -458,9 +405,9 @@ class PatchCore(Detector):
 
     def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         maps = super()._maps(grids, sizes)
-        if self.roi_mask_ is not None:
+        if self.region_ is not None:
             for amap, size in zip(maps, sizes):
-                amap[self._outside_pixels(size)] = np.nan
+                amap[self.region_.outside_pixels(size)] = np.nan
         return maps
 
     # -- persistence ------------------------------------------------------------------------
@@ -486,10 +433,10 @@ class PatchCore(Detector):
         # Which image each row came from is not saved: every row is an old one to a later partial_fit.
         origins = None if self.sampler == "learned_proxies" else np.full(len(bank), UNKNOWN_ORIGIN, dtype=np.int64)
         self.bank_ = MemoryBank(bank, origins).indexed(self._new_index(), self.device_, arrays.get("search_index"))
-        self.roi_mask_ = arrays.get("roi_mask")
-        self._region_cache = {}
-        if self.roi_mask_ is not None:
-            self.roi_mask = self.roi_mask_  # the mask itself travels with the model, not its original path
+        mask = arrays.get("roi_mask")
+        self.region_ = None if mask is None else RegionOfInterest(mask, self.preprocessor_)
+        if mask is not None:
+            self.roi_mask = mask  # the mask itself travels with the model, not its original path
         self.n_patches_seen_ = manifest["n_patches_seen"]
         # Older models did not record it: 0 means partial_fit adds up to coreset_ratio of the new patches.
         self.coverage_radius_ = float(manifest.get("coverage_radius", 0.0))

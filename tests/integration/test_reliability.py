@@ -18,6 +18,7 @@ from patchcore.errors import ModelFileError
 from patchcore.core.patchcore import PatchCore
 
 
+@pytest.mark.slow
 def test_same_data_config_and_seed_give_bit_identical_banks_and_scores(train_crops, good_test_crops,
                                                                        defect_crop) -> None:
     images = [*good_test_crops[:2], defect_crop[0]]
@@ -32,6 +33,7 @@ def test_same_data_config_and_seed_give_bit_identical_banks_and_scores(train_cro
     assert other_seed.memory_bank_.tobytes() != first.memory_bank_.tobytes()  # the seed matters
 
 
+@pytest.mark.slow
 def test_a_fit_killed_at_any_moment_leaves_the_previous_model_or_the_new_one(image_folder: Path,
                                                                            tmp_path: Path) -> None:
     model_dir = tmp_path / "model"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from patchcore.data.offline import build_offline_benchmarks
+from tests.helpers import REPO_ROOT
 
-README = Path(__file__).parents[1] / "README.md"
+README = REPO_ROOT / "README.md"
 
 
 def python_blocks() -> list[str]:
@@ -20,6 +21,7 @@ def test_the_readme_has_python_examples() -> None:
     assert len(blocks) >= 2 and "from patchcore import PatchCore" in blocks[0]
 
 
+@pytest.mark.slow
 def test_the_readme_python_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     build_offline_benchmarks(tmp_path / "demo_output" / "data", ("gravel",))  # what `make demo` leaves
     monkeypatch.chdir(tmp_path)

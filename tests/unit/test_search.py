@@ -16,6 +16,7 @@ def test_exact_index_returns_true_l2_distances() -> None:
     np.testing.assert_array_equal(indices[:, 0], full.argmin(axis=1))
 
 
+@pytest.mark.slow
 def test_ivfpq_finds_most_true_neighbours() -> None:
     rng = np.random.default_rng(1)
     centers = rng.normal(scale=5, size=(50, 32))

@@ -87,6 +87,7 @@ def test_unknown_backbone_lists_the_known_ones() -> None:
         get_backbone_spec("vgg99")
 
 
+@pytest.mark.slow
 def test_every_registered_default_tap_exists() -> None:
     for name, spec in BACKBONES.items():
         module = spec.build()

@@ -55,6 +55,7 @@ def test_changing_the_false_alarm_rate_of_a_fitted_model_moves_the_threshold(fit
         fitted_model.false_alarm_rate = 0.01
 
 
+@pytest.mark.slow
 def test_cross_fit_scores_each_fold_against_a_bank_without_its_own_patches(brick, train_crops) -> None:
     from patchcore.data.offline import texture_photo
 
@@ -70,6 +71,7 @@ def test_cross_fit_scores_each_fold_against_a_bank_without_its_own_patches(brick
     assert any("cannot resolve a 1.0% false-alarm rate" in w for w in model.nominal_warnings())
 
 
+@pytest.mark.slow
 def test_without_nominal_scores_there_is_no_decision(train_crops, defect_crop) -> None:
     model = Padim(holdout_fraction=0.0).fit(train_crops[:6])
     prediction = model.predict([defect_crop[0]])[0]

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray")
 
 from patchcore.apps.cli import main  # noqa: E402
-from test_evaluation import small_texture_category  # noqa: E402
+from tests.helpers import run_cli, small_texture_category  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,12 @@ def two_categories(tmp_path_factory) -> Path:
 
 
 def run(*args) -> str:
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     return result.output
 
 
+@pytest.mark.slow
 def test_evaluate_on_ray_equals_the_serial_run(local_ray, two_categories: Path, tmp_path: Path) -> None:
     options = ["--coreset-ratio", "0.1", "--holdout-fraction", "0.2"]
     run("evaluate", two_categories, "--out", tmp_path / "serial", *options)
@@ -46,6 +47,7 @@ def test_evaluate_on_ray_equals_the_serial_run(local_ray, two_categories: Path, 
     assert [row["category"] for row in parallel] == ["brick", "first"]
 
 
+@pytest.mark.slow
 def test_fit_many_categories_on_ray_gives_the_serial_models(local_ray, two_categories: Path, tmp_path: Path) -> None:
     run("fit", two_categories, "--categories", "all", "--out", tmp_path / "serial", "--coreset-ratio", "0.1")
     run("fit", two_categories, "--categories", "all", "--out", tmp_path / "ray", "--coreset-ratio", "0.1", "--ray")
@@ -54,6 +56,7 @@ def test_fit_many_categories_on_ray_gives_the_serial_models(local_ray, two_categ
             assert (tmp_path / "ray" / name / array).read_bytes() == (tmp_path / "serial" / name / array).read_bytes()
 
 
+@pytest.mark.slow
 def test_predict_in_ray_actors_writes_the_serial_scores_and_heatmaps(local_ray, two_categories: Path,
                                                                       tmp_path: Path) -> None:
     run("fit", two_categories / "brick", "--out", tmp_path / "model", "--coreset-ratio", "0.1")
@@ -73,6 +76,7 @@ def test_ray_options_need_ray_mode(two_categories: Path, tmp_path: Path) -> None
     assert result.exit_code != 0 and "add --categories" in result.output
 
 
+@pytest.mark.slow
 def test_the_core_does_not_import_ray() -> None:
     import subprocess
     import sys

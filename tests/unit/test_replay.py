@@ -7,8 +7,6 @@ import torch
 from patchcore import PatchCore
 from patchcore.core.replay import GraphReplay
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-
 
 def test_off_cuda_the_function_runs_as_it_is() -> None:
     calls = []
@@ -24,7 +22,7 @@ def test_off_cuda_the_function_runs_as_it_is() -> None:
     assert len(calls) == 4 and not replay._graphs
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_each_shape_is_captured_after_its_warm_calls_and_replays_new_inputs() -> None:
     def function(batch: torch.Tensor) -> torch.Tensor:
         return torch.relu(batch @ batch.transpose(-1, -2)).sum(dim=-1)
@@ -43,7 +41,7 @@ def test_each_shape_is_captured_after_its_warm_calls_and_replays_new_inputs() ->
     assert len(replay._graphs) == 2
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_replayed_network_gives_the_eager_scores_and_maps(train_crops, good_test_crops, defect_crop) -> None:
     model = PatchCore(coreset_ratio=0.1, image_size=128, device="cuda", batch_size=1).fit(train_crops)
     images = [*good_test_crops[:3], defect_crop[0]] * 2  # batch 1: the shape is captured on its third call

@@ -98,6 +98,7 @@ def test_folded_batch_norms_leave_the_features_unchanged(name: str) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
+@pytest.mark.slow
 def test_reduced_precision_features_stay_close_to_float32(train_crops) -> None:
     from patchcore.core.patchcore import PatchCore
 

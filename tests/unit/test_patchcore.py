@@ -100,6 +100,7 @@ def test_bad_hyper_parameters_are_refused_at_fit(params: dict, message: str) -> 
         PatchCore(**params).fit([np.zeros((32, 32), dtype=np.uint8)])
 
 
+@pytest.mark.slow
 def test_random_and_full_banks(train_crops) -> None:
     full = PatchCore(sampler="none", holdout_fraction=0.0).fit(train_crops[:4])
     # 128 px crops, enlarged to 256 px by the working-size rule: 32 x 32 patches at stride 8.
@@ -108,6 +109,7 @@ def test_random_and_full_banks(train_crops) -> None:
     assert sampled.memory_bank_.shape[0] == 4 * 32 * 32 // 4
 
 
+@pytest.mark.slow
 def test_raw_features_concatenate_every_tapped_channel_and_survive_saving(train_crops, tmp_path: Path) -> None:
     model = PatchCore(feature_dim="raw", coreset_ratio=0.05, holdout_fraction=0.0).fit(train_crops[:4])
     assert model.memory_bank_.shape[1] == 40 + 112  # Lite0's two taps, not pooled to 76 + 76

@@ -54,6 +54,7 @@ def whole_model(wide_train) -> PatchCore:
     return PatchCore(coreset_ratio=0.25, holdout_fraction=0.0).fit(wide_train)
 
 
+@pytest.mark.slow
 def test_defects_in_every_corner_and_edge_are_found_and_located(whole_model, wide_test, gravel) -> None:
     assert whole_model.preprocessor_.image_size == WIDTH  # native resolution, aspect kept
     good = whole_model.predict([wide_test])[0]
@@ -66,6 +67,7 @@ def test_defects_in_every_corner_and_edge_are_found_and_located(whole_model, wid
         assert top - margin <= y < top + DEFECT + margin and left - margin <= x < left + DEFECT + margin, (name, y, x)
 
 
+@pytest.mark.slow
 def test_the_paper_crop_misses_corner_defects_and_does_not_invent_a_border(wide_train, wide_test, gravel) -> None:
     paper = PatchCore(image_size=(256, 256), center_crop=224, coreset_ratio=0.25, holdout_fraction=0.0).fit(wide_train)
     good = paper.predict([wide_test])[0]
@@ -79,6 +81,7 @@ def test_the_paper_crop_misses_corner_defects_and_does_not_invent_a_border(wide_
         assert not (top <= y < top + DEFECT and left <= x < left + DEFECT), name  # its maximum lies elsewhere
 
 
+@pytest.mark.slow
 def test_tiled_and_whole_scoring_agree(wide_train, whole_model, wide_test, gravel) -> None:
     tiled = PatchCore(coreset_ratio=0.25, holdout_fraction=0.0, tile_size=192).fit(wide_train)
     assert len(tiled.preprocessor_.tiles((WIDTH, HEIGHT))) > 1
@@ -104,6 +107,7 @@ def test_tile_cores_partition_the_patch_grid() -> None:
     assert (covered == 1).all()
 
 
+@pytest.mark.slow
 def test_a_region_of_interest_removes_a_defect_outside_it(wide_train, whole_model, wide_test, gravel) -> None:
     mask = np.ones((HEIGHT, WIDTH), dtype=bool)
     mask[:, 2 * WIDTH // 3 :] = False  # a fixture on the right: not to be inspected
@@ -138,6 +142,7 @@ print(json.dumps({"shape": list(prediction.anomaly_map.shape), "score": predicti
 """
 
 
+@pytest.mark.slow
 def test_a_20_megapixel_prediction_stays_within_a_memory_bound(brick: np.ndarray, tmp_path: Path) -> None:
     frame = np.tile(brick, (8, 10))[:4000, :5000]  # 5000 x 4000 px
     small = Image.fromarray(frame[:1000, :1250])
@@ -173,6 +178,7 @@ def test_overlays_are_bounded_and_leave_uninspected_pixels_uncoloured() -> None:
     assert full.size == (3000, 2000)
 
 
+@pytest.mark.slow
 def test_the_cli_and_service_read_16_bit_images_with_the_models_bit_depth(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -1,17 +1,16 @@
+import pytest
 import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
-from click.testing import CliRunner
 from PIL import Image
 
-from patchcore.apps.cli import main
+from tests.helpers import run_cli
 
 
-def run(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+run = run_cli
 
 
 def test_fit_then_predict_writes_scores_and_heatmaps(image_folder: Path, defect_crop, tmp_path: Path) -> None:
@@ -102,6 +101,7 @@ def test_an_option_the_method_does_not_use_is_refused(image_folder: Path, tmp_pa
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_a_preset_sets_its_parameters_and_explicit_options_win(image_folder: Path, tmp_path: Path) -> None:
     from patchcore.backbones import get_backbone_spec, resolve_layers
 

@@ -12,12 +12,13 @@ from PIL import Image
 
 pytest.importorskip("uvicorn")
 
-from conftest import serving  # noqa: E402
+from tests.helpers import REPO_ROOT, serving  # noqa: E402
 from patchcore.apps.service import create_app, load_models  # noqa: E402
 
-LOAD_TEST = Path(__file__).parents[1] / "benchmarks" / "load_test.py"
+LOAD_TEST = REPO_ROOT / "benchmarks" / "load_test.py"
 
 
+@pytest.mark.slow
 def test_bounded_load_gives_no_5xx_and_only_right_answers(fitted_model, good_test_crops, defect_crop,
                                                          tmp_path: Path) -> None:
     model_dir = fitted_model.save(tmp_path / "model")

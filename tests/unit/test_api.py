@@ -90,6 +90,7 @@ def test_every_declared_parameter_is_a_command_line_option() -> None:
         assert flag in help_text
 
 
+@pytest.mark.slow
 def test_index_settings_reach_the_model_from_the_command_line(image_folder: Path, tmp_path: Path) -> None:
     run = CliRunner().invoke(main, ["fit", str(image_folder), "--out", str(tmp_path / "m"), "--index", "ivfflat",
                                     "--index-n-probe", "3", "--coreset-ratio", "0.5", "--holdout-fraction", "0"])
@@ -106,6 +107,7 @@ def test_index_settings_reach_the_model_from_the_command_line(image_folder: Path
     assert unknown.exit_code != 0 and "index 'hnsw' has no setting n_probe" in unknown.output
 
 
+@pytest.mark.slow
 def test_a_saved_ivf_index_is_loaded_as_trained_not_trained_again(train_crops, good_test_crops, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     model = PatchCore(coreset_ratio=0.25, index="ivf", holdout_fraction=0.0).fit(train_crops[:16])

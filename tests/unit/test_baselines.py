@@ -21,6 +21,7 @@ def baseline(request, train_crops):
     return model.fit(train_crops)
 
 
+@pytest.mark.slow
 def test_baseline_finds_and_locates_the_pasted_defect(baseline, good_test_crops, defect_crop) -> None:
     image, (top, left, size) = defect_crop
     prediction = baseline.predict([image])[0]
@@ -74,6 +75,7 @@ def test_ensemble_normalises_with_held_out_good_images(train_crops, good_test_cr
     assert ensemble.score_samples([defect_crop[0]])[0] > ensemble.score_samples(good_test_crops).max()
 
 
+@pytest.mark.slow
 def test_ensemble_needs_nominal_scores(train_crops) -> None:
     with pytest.raises(ValueError, match="held-out"):  # PaDiM has no cross-fit: nothing held out, no scale
         Ensemble([Padim(holdout_fraction=0.0)]).fit(train_crops[:12])
@@ -89,6 +91,7 @@ def test_ensemble_maps_are_scaled_by_each_members_nominal_maximum(train_crops, d
     assert combined.min() >= 0  # pixel metrics need non-negative maps
 
 
+@pytest.mark.slow
 def test_ensemble_saves_as_one_model_directory_and_loads_back(train_crops, good_test_crops, defect_crop,
                                                               tmp_path: Path) -> None:
     members = [PatchCore(coreset_ratio=0.1, image_size=128, patch_size=1), Padim(n_channels=50, image_size=128)]

@@ -15,7 +15,7 @@ if CHROMIUM is None:
 playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
-from conftest import serving  # noqa: E402
+from tests.helpers import serving  # noqa: E402
 from patchcore.apps.service import create_app, load_models  # noqa: E402
 
 # As the machine notes say: without these, Chromium keeps trying to reach Google's hosts.
@@ -44,6 +44,7 @@ def page(server_url):
             browser.close()
 
 
+@pytest.mark.slow
 def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(page, defect_crop,
                                                                           tmp_path: Path) -> None:
     defect_file = tmp_path / "brick_with_gravel.png"
@@ -59,6 +60,7 @@ def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(page,
     assert "score" in card.locator(".meta").inner_text()
 
 
+@pytest.mark.slow
 def test_a_folder_of_images_gets_a_batch_table(page, defect_crop, good_test_crops, tmp_path: Path) -> None:
     files = []
     for i, crop in enumerate([defect_crop[0], *good_test_crops[:2]]):
@@ -73,6 +75,7 @@ def test_a_folder_of_images_gets_a_batch_table(page, defect_crop, good_test_crop
     assert page.locator("#summary").inner_text().startswith("3 image(s)")
 
 
+@pytest.mark.slow
 def test_pickers_are_labelled_and_a_16_bit_tiff_original_is_shown(page, tmp_path: Path) -> None:
     import numpy as np
 
@@ -102,6 +105,7 @@ def test_a_dropped_folder_is_walked_to_its_files(page) -> None:
     assert names == ["line1/a.png", "line1/cam2/b.tif"]
 
 
+@pytest.mark.slow
 def test_a_flagged_image_can_be_marked_good_and_lands_in_the_feedback_folder(page, defect_crop, tmp_path: Path) -> None:
     defect_file = tmp_path / "flagged.png"
     Image.fromarray(defect_crop[0]).save(defect_file)
@@ -116,6 +120,7 @@ def test_a_flagged_image_can_be_marked_good_and_lands_in_the_feedback_folder(pag
     assert "--from-feedback" in button.inner_text()
 
 
+@pytest.mark.slow
 def test_a_wide_strip_gets_the_whole_row_with_its_overlay_below(page, good_test_crops, tmp_path: Path) -> None:
     import numpy as np
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageEnhance
 from sklearn.metrics import roc_auc_score
 
-from conftest import CROP, paste_defect
+from tests.helpers import CROP, paste_defect
 from patchcore.apps.cli import main
 from patchcore.apps.service import create_app, load_models
 from patchcore.core.patchcore import PatchCore
@@ -44,6 +44,7 @@ def line(brick):
     return old, new, held, defects
 
 
+@pytest.mark.slow
 def test_partial_fit_learns_the_new_images_keeps_old_rows_and_defects(line) -> None:
     old, new, held, defects = line
     model = PatchCore(image_size=CROP, coreset_ratio=0.1).fit(old)
@@ -63,6 +64,7 @@ def test_partial_fit_learns_the_new_images_keeps_old_rows_and_defects(line) -> N
     assert updated >= refit - 0.05  # within 5 AUROC points of a full refit on the union (measured: equal)
 
 
+@pytest.mark.slow
 def test_update_versions_and_rollback_restore_identical_scores(line, tmp_path: Path) -> None:
     old, new, held, _ = line
     folder = tmp_path / "new"
@@ -94,6 +96,7 @@ def test_update_versions_and_rollback_restore_identical_scores(line, tmp_path: P
     assert [v["version"] for v in list_versions(model_dir)] == [6, 5, 4]
 
 
+@pytest.mark.slow
 def test_feedback_round_trip_and_update_from_it(line, tmp_path: Path) -> None:
     old, _, held, _ = line
     model_dir = PatchCore(image_size=CROP, coreset_ratio=0.1).fit(old).save(tmp_path / "model")
@@ -114,6 +117,7 @@ def test_feedback_round_trip_and_update_from_it(line, tmp_path: Path) -> None:
     assert len(list_versions(model_dir)[0]["change"]["from_feedback"]) == 2
 
 
+@pytest.mark.slow
 def test_hot_reload_switches_versions_under_load_and_refuses_a_corrupt_one(line, tmp_path: Path) -> None:
     old, new, held, _ = line
     model = PatchCore(image_size=CROP, coreset_ratio=0.1).fit(old)
@@ -179,6 +183,7 @@ def test_drift_warns_on_a_shifted_batch_and_not_on_held_out_good_images(drift_ca
     assert not few.warning and "too few" in few.reason
 
 
+@pytest.mark.slow
 def test_monitor_command_and_service_metrics_report_the_drift(drift_case, tmp_path: Path) -> None:
     model, held, dark = drift_case
     model_dir = model.save(tmp_path / "model")

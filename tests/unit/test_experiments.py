@@ -9,7 +9,7 @@ from PIL import Image
 
 from patchcore.data.categories import load_category
 from patchcore.evaluation.experiments import run_experiment
-from tests.conftest import paste_defect
+from tests.helpers import paste_defect
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_reweighting_table_is_written_with_its_command(tiny_root: Path, tmp_path
     assert json.loads((tmp_path / "reweighting.json").read_text())["rows"][3]["mean"] == 100.0
 
 
+@pytest.mark.slow
 def test_a_smaller_coreset_uses_more_of_its_bank(tiny_root: Path, tmp_path: Path) -> None:
     table = run_experiment("bank-usage", [load_category(tiny_root, "brick")], tmp_path, "cmd", log=lambda _: None)
     usage = {row["bank"]: row["brick"] for row in table.rows}

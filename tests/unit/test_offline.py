@@ -86,6 +86,7 @@ def test_high_resolution_panels_hold_one_small_defect_each_half_at_an_edge(tmp_p
         assert np.array_equal(region, photo[y : y + height, x : x + width])
 
 
+@pytest.mark.slow
 def test_elpv_modules_hold_train_cells_or_one_real_defective_cell_marked_by_its_mask(tmp_path: Path) -> None:
     from patchcore.data.offline import CELL, build_elpv_module, elpv_defective, elpv_good_split, elpv_labels
 
@@ -115,6 +116,7 @@ def test_elpv_modules_hold_train_cells_or_one_real_defective_cell_marked_by_its_
             assert cell.tobytes() in (defective if is_marked else test)
 
 
+@pytest.mark.slow
 def test_elpv_small_defect_modules_share_the_good_modules_and_mark_each_defect_by_its_pixels(tmp_path: Path) -> None:
     from patchcore.data.offline import DEFECTS, build_elpv_module
 
@@ -136,6 +138,7 @@ def test_elpv_small_defect_modules_share_the_good_modules_and_mark_each_defect_b
     assert touching == len(DEFECTS)  # every other defect touches an edge
 
 
+@pytest.mark.slow
 def test_elpv_strips_are_one_row_of_train_cells_with_small_defects(tmp_path: Path) -> None:
     from patchcore.data.offline import CELL, DEFECTS, build_elpv_module, elpv_good_split, elpv_labels
 

@@ -93,7 +93,7 @@ def test_projection_only_when_it_at_least_halves_the_dimension() -> None:
     assert 0.7 < float(ratio) < 1.3
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_cuda_coreset_covers_as_well_as_the_cpu_one() -> None:
     rng = np.random.default_rng(5)
     points = rng.normal(size=(20_000, 64)).astype(np.float32)

@@ -1,35 +1,12 @@
+import pytest
 import json
 from pathlib import Path
 
-import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
 from patchcore.apps.cli import main
-from patchcore.data.offline import texture_photo
-
-
-def small_texture_category(root: Path) -> None:
-    """A tiny real-texture category: train/test crops of the brick photo, two pasted defects with masks."""
-    photo = texture_photo("brick")
-    donor = texture_photo("gravel")
-    category = root / "brick"
-    for i in range(10):
-        Image.fromarray(photo[0:128, 32 * i : 32 * i + 128]).save(_mk(category / "train" / "good" / f"{i}.png"))
-    for i in range(3):
-        Image.fromarray(photo[384:512, 100 * i : 100 * i + 128]).save(_mk(category / "test" / "good" / f"{i}.png"))
-    for i in range(2):
-        crop = photo[300:428, 150 * i : 150 * i + 128].copy()
-        mask = np.zeros_like(crop)
-        crop[40:70, 30:60] = donor[:30, :30]
-        mask[40:70, 30:60] = 255
-        Image.fromarray(crop).save(_mk(category / "test" / "paste" / f"{i}.png"))
-        Image.fromarray(mask).save(_mk(category / "ground_truth" / "paste" / f"{i}_mask.png"))
-
-
-def _mk(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+from tests.helpers import small_texture_category
 
 
 def test_evaluate_command_writes_table_json_and_maps(tmp_path: Path) -> None:
@@ -71,6 +48,7 @@ def test_evaluate_an_ensemble_of_presets(tmp_path: Path) -> None:
     assert len(members) == 2 and "patch_size=1" in members[0] and "patch_size" not in members[1]
 
 
+@pytest.mark.slow
 def test_evaluate_report_and_threshold_columns(tmp_path: Path) -> None:
     small_texture_category(tmp_path / "data")
     result = CliRunner().invoke(
@@ -113,8 +91,6 @@ def test_evaluate_names_a_category_without_good_test_images_and_an_out_that_is_a
 
 def test_report_gives_a_wide_strip_the_whole_row() -> None:
     import io
-
-    from PIL import Image
 
     from patchcore.evaluation.report import _shape
 

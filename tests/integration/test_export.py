@@ -32,6 +32,7 @@ def exported(exact_model, tmp_path_factory) -> Path:
     return export_onnx(exact_model, tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
+@pytest.mark.slow
 def test_onnx_scores_and_maps_match_the_library_on_real_images(exact_model, exported: Path, good_test_crops,
                                                               defect_crop) -> None:
     path = exported
@@ -63,6 +64,7 @@ def test_export_leaves_the_fitted_model_as_it_was(exact_model, exported: Path) -
     assert {p.device for p in exact_model.extractor_.parameters()} == {exact_model.device_}
 
 
+@pytest.mark.slow
 def test_export_refuses_a_bank_over_the_limit_and_other_methods(exact_model, train_crops, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="more than the 100 an exported graph may hold"):
         export_onnx(exact_model, tmp_path / "m.onnx", max_bank_rows=100)
@@ -72,6 +74,7 @@ def test_export_refuses_a_bank_over_the_limit_and_other_methods(exact_model, tra
         export_onnx(padim, tmp_path / "p.onnx")
 
 
+@pytest.mark.slow
 def test_export_command_writes_and_checks_the_graph(fitted_model, tmp_path: Path) -> None:
     model_dir = fitted_model.save(tmp_path / "model")
     files_before = {p.name for p in model_dir.iterdir()}
@@ -85,6 +88,7 @@ def test_export_command_writes_and_checks_the_graph(fitted_model, tmp_path: Path
     assert len(gaps) == 2 and max(gaps) < 1e-4, result.output
 
 
+@pytest.mark.slow
 def test_a_tiled_model_with_a_region_of_interest_exports_the_per_tile_graph(train_crops, good_test_crops,
                                                                           defect_crop, tmp_path: Path) -> None:
     """128 px images in 64 px tiles (9 of them), the right quarter outside the region of interest: the
@@ -116,6 +120,7 @@ def test_a_tiled_model_with_a_region_of_interest_exports_the_per_tile_graph(trai
     assert result.exit_code == 0 and "a per-tile graph (9 tile(s) per image, a region of interest)" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile_size", [None, 128])
 def test_onnx_maps_come_back_at_each_images_own_size(train_crops, good_test_crops, defect_crop, tile_size,
                                                       tmp_path: Path) -> None:
