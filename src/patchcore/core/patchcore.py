@@ -134,6 +134,7 @@ class PatchCore(Detector):
     # -- fitting ----------------------------------------------------------------------------
 
     def _fit_items(self, items: list[ImageInput], loop: BatchLoop, cross_fit: bool) -> NominalCalibration | None:
+        self.repeat_check_seconds_ = self.cross_fit_seconds_ = None  # when there is no cross-fit
         started = time.perf_counter()
         self.region_ = None if self.roi_mask is None else RegionOfInterest(load_mask_image(self.roi_mask),
                                                                            self.preprocessor_)
@@ -157,8 +158,10 @@ class PatchCore(Detector):
         if not cross_fit or bank.origins is None or folds < 2:
             self.repeated_images_ = None
             return None
+        started = time.perf_counter()
         shift = shift_distance(patches, kept_images, self._embed)
         self.repeated_images_ = repeat_report(patches, names, folds, shift, seed=self.seed)
+        self.repeat_check_seconds_ = time.perf_counter() - started
         started = time.perf_counter()
         scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=folds)
         self.cross_fit_seconds_ = time.perf_counter() - started

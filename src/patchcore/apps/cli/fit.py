@@ -59,7 +59,8 @@ def fitted_state(model) -> str:
     if not hasattr(model, "bank_"):
         return f"{model.method} model"
     steps = [("features", model.extraction_seconds_), ("sampling", model.sampling_seconds_),
-             ("index", model.index_seconds_), ("cross-fit", getattr(model, "cross_fit_seconds_", None))]
+             ("index", model.index_seconds_), ("repeat check", model.repeat_check_seconds_),
+             ("cross-fit", model.cross_fit_seconds_)]
     timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps if seconds is not None)
     return (f"memory bank {model.memory_bank_.shape[0]} x {model.memory_bank_.shape[1]} "
             f"(from {model.n_patches_seen_} patches; {timings})")
