@@ -22,6 +22,17 @@ def paste_defect(crop: np.ndarray, top: int, left: int, size: int, donor: np.nda
 
 
 
+def gravel_tiles() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Non-square 96 x 128 tiles of the gravel photo that share no pixel: 16 for training (rows 0-383) and 4 good
+    ones to test (rows 400-495). Independent images, as a production line's are: overlapping crops would make the
+    cross-fit's nominal scores too low (each image's neighbours sit in other folds)."""
+    from patchcore.data.offline import texture_photo
+
+    gravel = texture_photo("gravel")
+    train = [gravel[y : y + 96, x : x + 128] for y in range(0, 384, 96) for x in range(0, 512, 128)]
+    return train, [gravel[400:496, x : x + 128] for x in range(0, 512, 128)]
+
+
 def small_texture_category(root: Path) -> None:
     """A tiny real-texture category: train/test crops of the brick photo, two pasted defects with masks."""
     from patchcore.data.offline import texture_photo

@@ -15,6 +15,9 @@ PSI_WARNING = 0.25
 PSI_BINS = 5
 # Warn when this many recent images above the threshold would happen by chance less often than this.
 FALSE_ALARM_SURPRISE = 1e-3
+# The two rules, as reports name them.
+FALSE_ALARM_RULE = "false alarms beyond chance"
+SHIFT_RULE = "score distribution moved up"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class DriftReport:
     psi: float | None  # population stability index, recent against nominal; None without nominal scores
     warning: bool
     reason: str
+    median_shift: float | None = None  # median recent score / median nominal score - 1; None without either
+    rules_fired: tuple[str, ...] = ()  # FALSE_ALARM_RULE, SHIFT_RULE
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,22 +66,27 @@ def drift_report(nominal_scores: np.ndarray, recent_scores: np.ndarray, threshol
         share = above / len(recent)
         p_value = float(binom.sf(above - 1, len(recent), false_alarm_rate)) if above else 1.0
     psi = population_stability_index(nominal, recent) if len(nominal) >= PSI_BINS and len(recent) else None
+    shift = float(np.median(recent) / np.median(nominal) - 1) if len(recent) and len(nominal) else None
     if len(recent) < MIN_RECENT:
         return DriftReport(len(recent), share, false_alarm_rate, p_value, psi, False,
-                           f"{len(recent)} recent scores: too few to judge (warnings from {MIN_RECENT})")
-    reasons = []
+                           f"{len(recent)} recent scores: too few to judge (warnings from {MIN_RECENT})", shift)
+    reasons, fired = [], []
     if p_value is not None and p_value < FALSE_ALARM_SURPRISE:
-        reasons.append(f"{share:.1%} of recent images above the threshold at a {false_alarm_rate:.1%} "
-                       f"false-alarm rate (p = {p_value:.1e})")
+        fired.append(FALSE_ALARM_RULE)
+        reasons.append(f"{FALSE_ALARM_RULE}: {share:.1%} of recent images above the threshold at a "
+                       f"{false_alarm_rate:.1%} false-alarm rate (p = {p_value:.1e})")
     # Scores that moved down (images more like the bank than the nominal ones) are no cause for alarm.
-    if psi is not None and psi > PSI_WARNING and np.median(recent) > np.median(nominal):
-        reasons.append(f"score distribution moved up: PSI {psi:.2f} > {PSI_WARNING}")
+    if psi is not None and psi > PSI_WARNING and shift > 0:
+        fired.append(SHIFT_RULE)
+        reasons.append(f"{SHIFT_RULE}: PSI {psi:.2f} > {PSI_WARNING}, median {shift:+.1%}")
     return DriftReport(len(recent), share, false_alarm_rate, p_value, psi, bool(reasons),
-                       "; ".join(reasons) or "recent scores look like the nominal ones")
+                       "; ".join(reasons) or "recent scores look like the nominal ones", shift, tuple(fired))
 
 
 def model_drift(model, recent_scores: np.ndarray) -> DriftReport:
     """`drift_report` of a fitted detector's recent scores against its own nominal scores and threshold."""
     threshold = model.decision_threshold()
-    return drift_report(model.nominal_scores_, recent_scores, None if threshold is None else threshold.value,
+    # Suspicious nominal scores (images unlike the other good ones) set no threshold, and no baseline either.
+    nominal = model.nominal_scores_[~model.calibration_.suspicious]
+    return drift_report(nominal, recent_scores, None if threshold is None else threshold.value,
                         model.false_alarm_rate)

@@ -215,3 +215,50 @@ def test_the_working_size_description_says_when_images_are_squashed() -> None:
     line = paper.describe((3600, 300))
     assert line.startswith("inspects 3600 x 300 images at 256 x 256 px (squashed: 0.07x across, 0.85x down, "
                            "centre 224 x 224 kept), 1 tile each")
+
+
+@pytest.mark.slow
+def test_regions_reach_scores_heatmaps_and_the_size_rule(tmp_path: Path) -> None:
+    """Fit on non-square gravel tiles; predict a pasted 32 px defect and a good tile: the defect's region is in
+    scores.json (box, area) and scores.csv (count, largest area), outlined in magenta on its heatmap only, and
+    --min-defect-area larger than it turns the decision to good (in mm^2 with --pixel-size)."""
+    from patchcore.data.offline import texture_photo
+    from tests.helpers import gravel_tiles, paste_defect
+
+    train, goods = gravel_tiles()
+    (tmp_path / "good").mkdir()
+    for i, tile in enumerate(train):
+        Image.fromarray(tile).save(tmp_path / "good" / f"{i:02d}.png")
+    fitted = run("fit", tmp_path / "good", "--out", tmp_path / "model", "--coreset-ratio", "0.1")
+    assert fitted.exit_code == 0, fitted.output
+    assert re.search(r"threshold [\d.]+ at a 1.0% false-alarm rate \(.*; on new good images [\d.]+% to [\d.]+%, "
+                     r"95 % interval\)", fitted.output), fitted.output
+    (tmp_path / "query").mkdir()
+    defect = paste_defect(goods[1], 30, 40, 32, texture_photo("brick")[100:, 100:])
+    Image.fromarray(defect).save(tmp_path / "query" / "defect.png")
+    Image.fromarray(goods[0]).save(tmp_path / "query" / "good.png")
+
+    result = run("predict", tmp_path / "model", tmp_path / "query", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = {Path(row["image"]).name: row for row in json.loads((tmp_path / "out" / "scores.json").read_text())}
+    assert rows["defect.png"]["decision"] == "defect" and rows["good.png"]["n_regions"] == 0
+    (region,) = rows["defect.png"]["regions"]
+    x0, y0, x1, y1 = region["bbox"]
+    assert x0 <= 56 < x1 and y0 <= 46 < y1 and 0.5 * 32**2 < region["area"] < 1.5 * 32**2
+    assert rows["defect.png"]["largest_region_area"] == region["area"]
+    csv_text = (tmp_path / "out" / "scores.csv").read_text()
+    assert csv_text.splitlines()[0].endswith("decision,n_regions,largest_region_area")
+    magenta = [(np.asarray(Image.open(tmp_path / "out" / "heatmaps" / name)) == (255, 0, 255)).all(axis=-1).sum()
+               for name in ("defect.png", "good.png")]
+    assert magenta[0] > 50 and magenta[1] == 0
+
+    larger = run("predict", tmp_path / "model", tmp_path / "query" / "defect.png", "--out", tmp_path / "out2",
+                 "--min-defect-area", str(4 * 32**2))
+    assert larger.exit_code == 0, larger.output
+    assert json.loads((tmp_path / "out2" / "scores.json").read_text())[0]["decision"] == "good"
+    in_mm = run("predict", tmp_path / "model", tmp_path / "query" / "defect.png", "--out", tmp_path / "out3",
+                "--min-defect-area", "1", "--pixel-size", "0.05")  # 1 mm^2 = 400 px: smaller than the defect
+    assert in_mm.exit_code == 0, in_mm.output
+    row = json.loads((tmp_path / "out3" / "scores.json").read_text())[0]
+    assert row["decision"] == "defect"
+    assert row["regions"][0]["area_mm2"] == pytest.approx(row["regions"][0]["area"] * 0.0025)

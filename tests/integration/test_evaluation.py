@@ -30,6 +30,11 @@ def test_evaluate_command_writes_table_json_and_maps(tmp_path: Path) -> None:
     # Nothing held out: the threshold comes from PatchCore's cross-fit; the hindsight F1 is perfect since the AUROC is.
     assert brick["threshold"] > 0 and brick["test_recall"] is not None
     assert brick["f1_optimal"] == 100.0
+    # Decisions, not only ranking: the recall any threshold reaches at the measured false alarms (both defects,
+    # since they outscore every good crop), regions on both pasted squares, pixel F1 at the good images' threshold.
+    assert brick["oracle_recall"] == 100.0 >= brick["test_recall"]
+    assert brick["defects_with_region"] == 100.0 and brick["regions_per_good_image"] >= 0
+    assert 10.0 < brick["segmentation_f1"] <= 100.0
 
 
 def test_evaluate_an_ensemble_of_presets(tmp_path: Path) -> None:

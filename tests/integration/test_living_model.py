@@ -179,6 +179,8 @@ def test_drift_warns_on_a_shifted_batch_and_not_on_held_out_good_images(drift_ca
     shifted = drift_report(model.nominal_scores_, model.score_samples(dark), threshold, model.false_alarm_rate)
     assert not calm.warning, calm.reason
     assert shifted.warning and shifted.share_above_threshold > 0.5 and shifted.psi > 1.0
+    assert shifted.rules_fired == ("false alarms beyond chance", "score distribution moved up")
+    assert shifted.median_shift > 0.2 and abs(calm.median_shift) < 0.1
     few = drift_report(model.nominal_scores_, model.score_samples(dark[:10]), threshold, model.false_alarm_rate)
     assert not few.warning and "too few" in few.reason
 
@@ -195,6 +197,8 @@ def test_monitor_command_and_service_metrics_report_the_drift(drift_case, tmp_pa
     assert calm.exit_code == 0 and "ok: " in calm.output, calm.output
     drifted = CliRunner().invoke(main, ["monitor", str(model_dir), str(tmp_path / "dark")])
     assert drifted.exit_code == 1 and "DRIFT: " in drifted.output
+    assert "rules fired: false alarms beyond chance, score distribution moved up" in drifted.output
+    assert "median score +" in drifted.output
 
     client = TestClient(create_app(load_models([str(model_dir)]), reload_interval=0))
     for i, crop in enumerate(dark):

@@ -44,6 +44,8 @@ def test_predict_returns_the_library_score_decision_and_overlay(client, served, 
     assert body["score"] == expected.score and body["threshold"] == expected.threshold
     assert body["decision"] == "defect" and body["is_anomalous"] is True and body["normalised_score"] > 0.5
     assert (body["width"], body["height"], body["filename"]) == (128, 128, "defect.png")
+    assert body["n_regions"] == len(body["regions"]) >= 1
+    assert [region["bbox"] for region in body["regions"]] == [list(region.bbox) for region in expected.regions]
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
     assert overlay.format == "PNG" and overlay.size == (128, 128)
 

@@ -58,6 +58,7 @@ def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(page,
     assert overlay.is_visible()
     assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128
     assert "score" in card.locator(".meta").inner_text()
+    assert "defect region" in card.locator(".regions").inner_text()  # where, and how big
 
 
 @pytest.mark.slow

@@ -22,9 +22,25 @@ def test_an_update_adds_scores_keeps_the_typical_pixel_and_takes_the_highest_pea
 
 def test_the_threshold_and_its_warnings_follow_the_rate_asked() -> None:
     calibration = NominalCalibration.of(list(np.arange(1.0, 41.0)), [(0.0, 1.0)] * 40, "held out")
-    assert calibration.threshold(0.01).value == 40.0  # 40 scores cannot resolve 1 %: the highest
-    assert calibration.threshold(0.1).value == 37.0
-    assert calibration.warnings(0.01) and not calibration.warnings(0.1)
+    # 1 % of 40 scores: the upper tail is modelled; evenly spread scores end near their highest.
+    at_one_percent = calibration.threshold(0.01)
+    assert at_one_percent.method.startswith("tail fit") and 39.0 < at_one_percent.value <= 41.0
+    assert calibration.threshold(0.25).value == 31.0  # 9 of 40 above it: enough for the empirical quantile
+    assert not calibration.warnings(0.01)
+    few = NominalCalibration.of([1.0, 2.0, 3.0, 4.0, 5.0], [(0.0, 1.0)] * 5, "held out")
+    assert few.threshold(0.01).value == 5.0 and few.threshold(0.01).method.startswith("highest of 5")
+    assert "cannot resolve a 1.0% false-alarm rate" in few.warnings(0.01)[0]
     assert NominalCalibration.empty().threshold(0.01) is None
     with pytest.raises(ValueError, match="false_alarm_rate must be in"):
         calibration.threshold(0.0)
+
+
+def test_suspicious_images_are_named_and_do_not_set_the_threshold() -> None:
+    rng = np.random.default_rng(0)
+    scores = [*rng.normal(30.0, 2.0, 39), 51.5]  # one image far above the others, as a defect in the good folder
+    names = [f"cell{i}.png" for i in range(40)]
+    calibration = NominalCalibration.of(scores, [(0.0, 1.0)] * 40, "cross-fit", names)
+    assert calibration.suspicious_names == ["cell39.png"]
+    assert calibration.threshold(0.01).value < 40.0  # set by the 39 others
+    assert any("cell39.png" in warning for warning in calibration.warnings(0.01))
+    assert NominalCalibration.of(scores[:39], [(0.0, 1.0)] * 39, "cross-fit").suspicious_names == []

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from patchcore.evaluation.metrics import PixelMetrics, image_auroc
+from patchcore.evaluation.metrics import PixelMetrics, SegmentationCounts, image_auroc, oracle_recall
 
 
 @pytest.fixture()
@@ -93,3 +93,24 @@ def test_bad_inputs() -> None:
 
 def test_image_auroc_in_percent() -> None:
     assert image_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(75.0)
+
+
+def test_oracle_recall_is_the_best_recall_at_no_more_false_alarms() -> None:
+    good = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    defects = np.array([3.5, 5.0, 9.0, 11.0])
+    assert oracle_recall(good, defects, 0.0) == 0.25  # above every good score: only 11
+    assert oracle_recall(good, defects, 0.2) == 0.75  # one good image may be flagged: above 4
+    assert oracle_recall(good, defects, 0.39) == 0.75
+    assert oracle_recall(good, defects, 0.4) == 1.0  # two: above 3
+
+
+def test_segmentation_f1_counts_pixels_over_the_whole_set() -> None:
+    counts = SegmentationCounts(threshold=0.5)
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[:2, :2] = True
+    amap = np.zeros((4, 4))
+    amap[:2, :3] = 1.0  # 4 right, 2 wrong
+    amap[3, 3] = np.nan  # not inspected: never flagged
+    counts.update(amap, mask)
+    counts.update(np.zeros((4, 4)), mask)  # 4 missed
+    assert counts.f1() == pytest.approx(100 * 2 * 4 / (2 * 4 + 2 + 4))

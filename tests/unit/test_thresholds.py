@@ -3,7 +3,7 @@ import pytest
 
 from patchcore.baselines.padim import Padim
 from patchcore.core.patchcore import PatchCore
-from patchcore.core.thresholds import f1_optimal_threshold, threshold_at_false_alarm_rate
+from patchcore.core.thresholds import f1_optimal_threshold, rate_interval, threshold_at_false_alarm_rate
 
 
 def test_threshold_flags_at_most_the_rate_of_held_out_good_scores() -> None:
@@ -18,10 +18,40 @@ def test_threshold_flags_at_most_the_rate_of_held_out_good_scores() -> None:
 
 
 def test_few_held_out_images_put_the_threshold_at_the_highest_one() -> None:
-    assert threshold_at_false_alarm_rate(np.array([3.0, 1.0, 2.0]), 0.01).value == 3.0
+    threshold = threshold_at_false_alarm_rate(np.array([3.0, 1.0, 2.0]), 0.01)
+    assert threshold.value == 3.0 and "too few for a tail fit" in threshold.method
     assert threshold_at_false_alarm_rate(np.empty(0), 0.01) is None
     with pytest.raises(ValueError, match="false_alarm_rate must be in"):
         threshold_at_false_alarm_rate(np.ones(3), 0.0)
+
+
+def test_a_tail_fit_estimates_a_rare_quantile_and_its_interval_holds_on_new_scores() -> None:
+    """Gamma-distributed good scores, 40 nominal ones: the 1 % threshold is an estimate from the tail (below the
+    highest score where the tail allows), and the false-alarm rate it gives on 100 000 new good scores lies in
+    the 95 % interval it states in at least 18 of 20 draws (19 expected)."""
+    rng = np.random.default_rng(1)
+    below_highest = fitted = covered = 0
+    for _ in range(20):
+        nominal = 20.0 + rng.gamma(9.0, 1.0, 40)
+        threshold = threshold_at_false_alarm_rate(nominal, 0.01)
+        fitted += threshold.method.startswith("tail fit")
+        below_highest += threshold.value < nominal.max()
+        measured = float((20.0 + rng.gamma(9.0, 1.0, 100_000) > threshold.value).mean())
+        low, high = threshold.rate_interval
+        covered += low <= measured <= high
+    assert covered >= 18 and fitted >= 18 and below_highest >= 5
+
+
+def test_the_interval_of_a_rate_is_clopper_pearsons() -> None:
+    assert rate_interval(0, 40) == (0.0, pytest.approx(0.0881, abs=1e-4))  # 1 - 0.025 ** (1 / 40)
+    low, high = rate_interval(5, 100)
+    assert low == pytest.approx(0.0164, abs=1e-4) and high == pytest.approx(0.1128, abs=1e-4)
+
+
+def test_a_heavy_or_ill_fitting_tail_falls_back_to_the_highest_score() -> None:
+    scores = np.r_[np.ones(30), np.full(10, 1000.0)]  # two clusters: no smooth upper tail
+    threshold = threshold_at_false_alarm_rate(scores, 0.01)
+    assert threshold.value == 1000.0 and "tail fit rejected" in threshold.method
 
 
 def test_f1_optimal_threshold_by_hand() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from patchcore.apps.jobs import fit_category, predict_files
+from patchcore.apps.jobs import fit_category, predict_files, with_size_rule
 from patchcore.core.detector import Detector
 from patchcore.data.categories import Category
 from patchcore.evaluation.evaluate import CategoryResult, evaluate_category
@@ -86,9 +86,9 @@ def _as_completed(pending: list) -> Iterator:
 class _Scorer:
     """A Ray actor's state: the model, loaded once, scoring chunks of files and writing their heatmaps."""
 
-    def __init__(self, model_dir: str, threads: int, false_alarm_rate: float | None) -> None:
+    def __init__(self, model_dir: str, threads: int, false_alarm_rate: float | None, size_rule: dict | None) -> None:
         _set_threads(threads)
-        self.model = load_model(model_dir, device="cpu")
+        self.model = with_size_rule(load_model(model_dir, device="cpu"), size_rule)
         self.false_alarm_rate = false_alarm_rate
 
     def score(self, files: list[str], names: list[str], out_dir: str | None, skip_bad: bool,
@@ -97,13 +97,15 @@ class _Scorer:
                              skip_bad, heatmap_side=heatmap_side, false_alarm_rate=self.false_alarm_rate)
 
 
-def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate: float | None = None):
-    """A pool of `workers` actors, each loading the model in `model_dir` once (on CPU)."""
+def start_scorers(model_dir: Path, workers: int, threads: int, false_alarm_rate: float | None = None,
+                  size_rule: dict | None = None):
+    """A pool of `workers` actors, each loading the model in `model_dir` once (on CPU), deciding at
+    `false_alarm_rate` and by `size_rule` (`jobs.with_size_rule`)."""
     ray = _ray()
     from ray.util import ActorPool
 
     actor = ray.remote(num_cpus=1)(_Scorer)  # one CPU reserved per actor, however many threads it runs
-    return ActorPool([actor.remote(str(model_dir), threads, false_alarm_rate) for _ in range(workers)])
+    return ActorPool([actor.remote(str(model_dir), threads, false_alarm_rate, size_rule) for _ in range(workers)])
 
 
 def predict_on_actors(scorers, files: Sequence[Path], names: Sequence[str], out_dir: Path | None,

@@ -13,6 +13,7 @@ from patchcore.errors import ImageLoadError
 from patchcore.io.images import load_image
 from patchcore.apps.outputs import prediction_row
 from patchcore.io.visualize import DEFAULT_HEATMAP_SIDE, write_overlay
+from patchcore.params import check_params
 
 # Images decoded and scored at a time: bounds the maps and pictures in memory.
 PREDICT_CHUNK = 64
@@ -23,6 +24,17 @@ def fit_category(category: Category, make_model: Callable[[], Detector], out_dir
     model = make_model().fit(list(category.train_images))
     saved = model.save(out_dir / category.name)
     return {"category": category.name, "n_train_images": model.n_train_images_, "model_dir": str(saved)}
+
+
+def with_size_rule(model, size_rule: dict | None):
+    """The loaded `model` deciding by region size as `size_rule` says ({"min_defect_area": ..., "pixel_size": ...};
+    None or None values: as saved)."""
+    size_rule = {name: value for name, value in (size_rule or {}).items() if value is not None}
+    if size_rule and not hasattr(model, "min_defect_area"):
+        raise ValueError(f"{', '.join(size_rule)} needs a single model: an ensemble's predictions carry no regions")
+    if size_rule:
+        check_params(model.set_params(**size_rule))
+    return model
 
 
 def predict_files(
@@ -61,7 +73,7 @@ def predict_files(
                 prediction.source = str(file)
                 if out_dir is not None:
                     write_overlay(out_dir / "heatmaps" / f"{name}.png", picture, prediction.anomaly_map,
-                                  model.nominal_map_range_, heatmap_side)
+                                  model.nominal_map_range_, heatmap_side, prediction.regions)
                 rows.append(prediction_row(prediction))
                 if on_row is not None:
                     on_row(rows[-1])

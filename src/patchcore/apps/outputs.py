@@ -13,7 +13,8 @@ from patchcore.core.detector import Prediction
 from patchcore.errors import PatchCoreError
 from patchcore.io.files import atomic_write_bytes
 
-PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision"]
+# scores.csv's columns; scores.json's rows also list every region.
+PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision", "n_regions", "largest_region_area"]
 
 
 def output_names(files: Sequence[Path]) -> list[str]:
@@ -26,8 +27,12 @@ def output_names(files: Sequence[Path]) -> list[str]:
 def prediction_row(prediction: Prediction) -> dict:
     """The one row a prediction becomes: in scores.csv and scores.json, on the terminal, from Ray actors, in the
     service's answer."""
+    regions = prediction.regions
     return {"image": prediction.source, "score": prediction.score, "normalised_score": prediction.normalised_score,
-            "threshold": prediction.threshold, "decision": prediction.decision}
+            "threshold": prediction.threshold, "decision": prediction.decision,
+            "n_regions": None if regions is None else len(regions),
+            "largest_region_area": max((region.area for region in regions), default=None) if regions else None,
+            "regions": None if regions is None else [region.as_dict() for region in regions]}
 
 
 def check_writable_folder(folder: Path, what: str = "--out") -> None:
@@ -59,7 +64,7 @@ class ScoresWriter:
         if self._file is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(self.out_dir / "scores.csv", "w", newline="", encoding="utf-8")
-            self._writer = csv.DictWriter(self._file, fieldnames=PREDICTION_COLUMNS)
+            self._writer = csv.DictWriter(self._file, fieldnames=PREDICTION_COLUMNS, extrasaction="ignore")
             self._writer.writeheader()
         self._writer.writerow(row)
         self._file.flush()

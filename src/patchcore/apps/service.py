@@ -282,7 +282,7 @@ def create_app(
             "seconds": time.perf_counter() - started,
         }
         if overlay:
-            png = overlay_png(picture, prediction.anomaly_map, live.nominal_map_range_)
+            png = overlay_png(picture, prediction.anomaly_map, live.nominal_map_range_, regions=prediction.regions)
             body["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
         if original:
             body["original_png_base64"] = base64.b64encode(preview_png(picture)).decode("ascii")

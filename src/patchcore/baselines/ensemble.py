@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from patchcore.core.calibration import Calibrated, NominalCalibration
-from patchcore.core.detector import Detector, Prediction
+from patchcore.core.detector import DecisionRule, Detector, Prediction
 from patchcore.core.manifest import save_model
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
 from patchcore.io.images import ImageInput, collect_images
@@ -98,13 +98,13 @@ class Ensemble(BaseEstimator, Calibrated):
 
     def iter_predict(self, images: ImageInput | Sequence[ImageInput], false_alarm_rate: float | None = None
                      ) -> Iterator[Prediction]:
-        threshold = self.decision_threshold(false_alarm_rate)
+        rule = DecisionRule(self.decision_threshold(false_alarm_rate))  # no pixel threshold: no regions
         items = collect_images(images)
         streams = [member.iter_predict(items) for member in self.members]
         for predictions in zip(*streams):
             score = float(self._combine([[p.score] for p in predictions])[0])
             amap = np.mean([p.anomaly_map / scale for p, scale in zip(predictions, self.map_scales_)], axis=0)
-            yield Prediction.decided(score, amap.astype(np.float32), predictions[0].source, threshold)
+            yield rule(score, amap.astype(np.float32), predictions[0].source, with_regions=False)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image scores only: the members score without building maps."""

@@ -48,6 +48,13 @@ class TrainingPatches:
         return replace(self, features=self.features[:count], origins=self.origins[:count],
                        positions=self.positions[:count])
 
+    def without_images(self, numbers: np.ndarray) -> TrainingPatches:
+        """Without the patches of images `numbers`; the others' images numbered again from 0, in order."""
+        kept = ~np.isin(self.origins, numbers)
+        dropped = set(int(number) for number in numbers)
+        return TrainingPatches(self.features[kept], renumbered(self.origins[kept], numbers), self.positions[kept],
+                               [size for number, size in enumerate(self.image_sizes) if number not in dropped])
+
     def of_images(self, start: int, stop: int) -> np.ndarray:
         """Which patches came from images start to stop - 1 (a boolean mask)."""
         return (self.origins >= start) & (self.origins < stop)
@@ -85,8 +92,23 @@ class MemoryBank:
         kept = (self.origins < start) | (self.origins >= stop)
         return MemoryBank(self.rows[kept], self.origins[kept])
 
+    def without_image_numbers(self, numbers: np.ndarray) -> MemoryBank:
+        """Without the rows of images `numbers` (unindexed); the others' images numbered again as
+        `TrainingPatches.without_images` numbers them."""
+        if self.origins is None:
+            raise ValueError("a bank of learned proxies comes from no image: no image's rows can be left out")
+        kept = ~np.isin(self.origins, numbers)
+        return MemoryBank(self.rows[kept], renumbered(self.origins[kept], numbers))
+
     def extended(self, rows: np.ndarray, origins: np.ndarray) -> MemoryBank:
         """With more rows (unindexed): an update's."""
         if self.origins is None:
             raise ValueError("a bank of learned proxies cannot be extended (they come from no image): refit")
         return MemoryBank(np.concatenate([self.rows, rows]), np.concatenate([self.origins, origins]))
+
+
+def renumbered(origins: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+    """Image numbers once images `dropped` are gone: each lowered by how many dropped images come before it
+    (UNKNOWN_ORIGIN stays)."""
+    shifted = origins - np.searchsorted(np.sort(dropped), origins)
+    return np.where(origins == UNKNOWN_ORIGIN, UNKNOWN_ORIGIN, shifted)

@@ -20,6 +20,7 @@ from patchcore.core.calibration import Calibrated, NominalCalibration, summarise
 from patchcore.core.features import FeatureExtractor
 from patchcore.core.manifest import load_detector, save_model
 from patchcore.core.preprocessing import Preprocessor, choose_working_side, parse_image_size
+from patchcore.core.defect_regions import Region, find_regions
 from patchcore.core.replay import GraphReplay
 from patchcore.core.scoring import anomaly_maps, map_operators
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATES, Threshold
@@ -31,10 +32,13 @@ from patchcore.params import OneOf, Range, check_params, comma_list, param
 
 @dataclass
 class Prediction:
-    """One image's result: its anomaly score, its anomaly map at the image's own size, and the decision.
+    """One image's result: its anomaly score, its anomaly map at the image's own size, the decision, and the defect
+    regions of the map.
 
-    The decision fields come from the held-out good images' scores (`Detector.decision_threshold`)
-    and are None for a model fitted without held-out images.
+    The decision fields come from the nominal good images' scores (`Detector.decision_threshold`) and are None
+    for a model without them. `regions` are the map's connected parts above the pixel threshold set from the
+    nominal good images' maps at the same false-alarm rate, highest first; None where that threshold is unknown
+    (ensembles, models saved before it was kept, `score_samples`).
     """
 
     score: float
@@ -43,6 +47,7 @@ class Prediction:
     threshold: float | None = None
     normalised_score: float | None = None
     is_anomalous: bool | None = None
+    regions: list[Region] | None = None
 
     @property
     def decision(self) -> str | None:
@@ -51,13 +56,33 @@ class Prediction:
             return None
         return "defect" if self.is_anomalous else "good"
 
-    @classmethod
-    def decided(cls, score: float, anomaly_map: np.ndarray, source: str | None,
-                threshold: Threshold | None) -> "Prediction":
-        if threshold is None:
-            return cls(score, anomaly_map, source)
-        return cls(score, anomaly_map, source, threshold.value, threshold.normalise(score),
-                   threshold.is_anomalous(score))
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a score and a map become a decision: the image threshold, the pixel threshold of regions, and the
+    smallest region that makes a defect (None: the image score alone decides)."""
+
+    threshold: Threshold | None
+    region_threshold: float | None = None
+    typical_pixel: float | None = None
+    min_defect_area: float | None = None
+    pixel_size: float | None = None
+
+    def __call__(self, score: float, anomaly_map: np.ndarray, source: str | None, with_regions: bool) -> Prediction:
+        regions = None
+        if with_regions and self.region_threshold is not None:
+            regions = find_regions(anomaly_map, self.region_threshold, self.typical_pixel, self.pixel_size)
+        if self.threshold is None:
+            return Prediction(score, anomaly_map, source, regions=regions)
+        if self.min_defect_area is not None and regions is not None:
+            is_anomalous = any(self._area(region) >= self.min_defect_area for region in regions)
+        else:
+            is_anomalous = self.threshold.is_anomalous(score)
+        return Prediction(score, anomaly_map, source, self.threshold.value, self.threshold.normalise(score),
+                          is_anomalous, regions)
+
+    def _area(self, region: Region) -> float:
+        return region.area if region.area_mm2 is None else region.area_mm2
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -132,6 +157,12 @@ class Detector(BaseEstimator, Calibrated, ABC):
     false_alarm_rate: float = param(
         DEFAULT_FALSE_ALARM_RATE, "Share of held-out good images the good/defect threshold may flag.",
         check=FALSE_ALARM_RATES)
+    min_defect_area: float | None = param(
+        None, "Smallest defect region that makes an image a defect, in pixels of the original image (in mm^2 with "
+              "pixel_size). Default: the image score alone decides.", check=Range(0, low_open=True))
+    pixel_size: float | None = param(
+        None, "Millimetres per pixel of the original images: region areas (and min_defect_area) in mm^2.",
+        check=Range(0, low_open=True))
     batch_size: int = param(8, "Network inputs per forward pass, counted in 256 x 256 images (a 1024 x 1024 tile "
                                   "counts 16): memory stays bounded whatever the image size.", check=Range(1))
     seed: int = param(0, "Seed of every random choice: hold-out split, projection, sampling.")
@@ -231,13 +262,16 @@ class Detector(BaseEstimator, Calibrated, ABC):
         self.training_size_ = max(set(sizes), key=sizes.count)
         self._build_pipeline(load_backbone(self.backbone, self.weights), self.image_size or choose_working_side(sizes))
         n_skipped = len(self.skipped_images_)
+        self.excluded_images_: list[str] = []
         calibration = self._fit_items(train_items, self._loop(skipped), cross_fit=not holdout_items)
-        self.n_train_images_ = len(train_items) - (len(self.skipped_images_) - n_skipped)
+        self.n_train_images_ = (len(train_items) - (len(self.skipped_images_) - n_skipped)
+                                - len(self.excluded_images_))
         if holdout_items:
             source = "validation images" if validation is not None else "held-out training images"
             predictions = list(self._predict(holdout_items, with_maps=True, loop=self._loop(skipped)))
             calibration = NominalCalibration.of([p.score for p in predictions],
-                                                [summarise(p.anomaly_map) for p in predictions], source)
+                                                [summarise(p.anomaly_map) for p in predictions], source,
+                                                [p.source or f"held-out image {i}" for i, p in enumerate(predictions)])
         self.calibration_ = calibration or NominalCalibration.empty()  # no nominal images: no threshold
         self.change_ = {"action": "fit", "images": len(items)}
         return self
@@ -279,7 +313,16 @@ class Detector(BaseEstimator, Calibrated, ABC):
                      ) -> Iterator[Prediction]:
         """`predict` one batch at a time, so only a batch of maps is in memory."""
         self._check_fitted()
-        return self._predict(collect_images(images), with_maps=True, threshold=self.decision_threshold(false_alarm_rate))
+        return self._predict(collect_images(images), with_maps=True, rule=self.decision_rule(false_alarm_rate))
+
+    def decision_rule(self, false_alarm_rate: float | None = None) -> DecisionRule:
+        """How predictions are decided at `false_alarm_rate` (default: the model's own): the image threshold, the
+        pixel threshold of defect regions, and the model's `min_defect_area`."""
+        rate = self._rate(false_alarm_rate)
+        calibration = self.calibration_
+        return DecisionRule(calibration.threshold(rate), calibration.region_threshold(rate),
+                            calibration.map_range[0] if calibration.map_range else None,
+                            self.min_defect_area, self.pixel_size)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image anomaly scores only (no maps). Higher = more anomalous, the opposite of scikit-learn's
@@ -287,7 +330,7 @@ class Detector(BaseEstimator, Calibrated, ABC):
         self._check_fitted()
         return np.array([p.score for p in self._predict(collect_images(images), with_maps=False)], dtype=np.float64)
 
-    def _predict(self, items: list[ImageInput], with_maps: bool, threshold: Threshold | None = None,
+    def _predict(self, items: list[ImageInput], with_maps: bool, rule: DecisionRule = DecisionRule(None),
                  loop: BatchLoop | None = None) -> Iterator[Prediction]:
         loop = loop or self._loop()
         for positions, pictures in loop.chunks(items, "predict"):
@@ -299,7 +342,7 @@ class Detector(BaseEstimator, Calibrated, ABC):
             for position, score, amap in zip(positions, scores, maps):
                 item = items[position]
                 source = str(item) if isinstance(item, (str, Path)) else None
-                yield Prediction.decided(float(score), amap, source, threshold)
+                yield rule(float(score), amap, source, with_regions=with_maps)
 
     def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Pictures' patch-score grids as anomaly maps at their own (W, H) `sizes`. Pictures of one size are

@@ -5,6 +5,7 @@ calibration, each method's own state), for single detectors and ensembles alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from patchcore import __version__
 from patchcore.backbones import load_backbone
 from patchcore.core.calibration import NominalCalibration
+from patchcore.core.thresholds import Threshold
 from patchcore.errors import ModelFileError
 from patchcore.io.persistence import MANIFEST_CHECKSUM, load_directory, read_manifest, save_directory
 from patchcore.search import NearestNeighbourIndex, describe_index, make_index
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from patchcore.core.detector import Detector
 
 NOMINAL_SCORES = "nominal_scores"
+NOMINAL_MAP_PEAKS = "nominal_map_peaks"
 
 
 def _json_param(value: Any) -> Any:
@@ -71,12 +74,15 @@ def detector_form(model: Detector) -> tuple[dict[str, Any], dict[str, np.ndarray
         },
         "n_train_images": model.n_train_images_,
         "nominal": {"source": model.calibration_.source, "n_images": len(model.calibration_.scores),
-                    "warnings": model.nominal_warnings()},
+                    "threshold": _threshold_record(model.decision_threshold()),
+                    "warnings": model.nominal_warnings(), "names": list(model.calibration_.names)},
+        "suspicious_training_images": model.suspicious_training_images_,
+        "excluded_training_images": model.excluded_images_,
         "training_size": list(model.training_size_),
         "nominal_map_range": model.calibration_.map_range,
         **state,
     }
-    return manifest, {NOMINAL_SCORES: model.calibration_.scores, **arrays}
+    return manifest, {NOMINAL_SCORES: model.calibration_.scores, NOMINAL_MAP_PEAKS: model.calibration_.peaks, **arrays}
 
 
 def ensemble_form(ensemble: Ensemble) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -153,7 +159,9 @@ def restore_detector(cls: type[Detector], path: str | Path, manifest: dict[str, 
     try:
         model.n_train_images_ = manifest["n_train_images"]
         model.training_size_ = tuple(manifest["training_size"])
-        model.calibration_ = _calibration(manifest, arrays, manifest["nominal"]["source"])
+        model.calibration_ = _calibration(manifest, arrays, manifest["nominal"]["source"],
+                                          manifest["nominal"].get("names", ()))
+        model.excluded_images_ = list(manifest.get("excluded_training_images", []))
         model._restore_state(manifest, arrays)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: model files do not fit the manifest ({error})") from error
@@ -179,6 +187,17 @@ def restore_ensemble(cls: type[Ensemble], path: str | Path, manifest: dict[str, 
     return ensemble
 
 
-def _calibration(manifest: dict[str, Any], arrays: dict[str, np.ndarray], source: str) -> NominalCalibration:
+def _calibration(manifest: dict[str, Any], arrays: dict[str, np.ndarray], source: str,
+                 names: Sequence[str] = ()) -> NominalCalibration:
     map_range = manifest["nominal_map_range"]
-    return NominalCalibration(arrays[NOMINAL_SCORES], tuple(map_range) if map_range else None, source)
+    # Models saved before the peaks were kept have none: their predictions carry no regions.
+    return NominalCalibration(arrays[NOMINAL_SCORES], tuple(map_range) if map_range else None, source,
+                              arrays.get(NOMINAL_MAP_PEAKS, np.empty(0)), tuple(names))
+
+
+def _threshold_record(threshold: Threshold | None) -> dict[str, Any] | None:
+    """The threshold at the model's false-alarm rate as the manifest records it: for people, not read back."""
+    if threshold is None:
+        return None
+    return {"value": threshold.value, "false_alarm_rate": threshold.false_alarm_rate, "method": threshold.method,
+            "false_alarm_rate_interval": list(threshold.rate_interval) if threshold.rate_interval else None}

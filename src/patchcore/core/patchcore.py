@@ -90,6 +90,10 @@ class PatchCore(Detector):
         1024, "Largest square of working pixels the network sees at once: larger images are cut into overlapping "
               "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.",
         check=Range(64))
+    exclude_suspicious: bool = param(
+        False, "Leave the training images whose cross-fit scores lie far above the others' (named in fit's output "
+               "and `suspicious_training_images_`; perhaps defective parts in the good folder) out of the memory "
+               "bank too, not only out of the threshold.")
     roi_mask: str | Path | np.ndarray | None = param(
         None, "Region of interest: a mask image, white where to look, stretched to each image's size; patches "
               "outside it neither enter the memory bank nor score, and their map is NaN.", parse=str)
@@ -164,8 +168,32 @@ class PatchCore(Detector):
         self.repeat_check_seconds_ = time.perf_counter() - started
         started = time.perf_counter()
         scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=folds)
+        source = f"cross-fit over {folds} folds of the training images"
+        calibration = NominalCalibration.of(scores, maps, source, names)
+        if self.exclude_suspicious and calibration.suspicious.any():
+            calibration = self._without_suspicious(patches, names, calibration, folds)
         self.cross_fit_seconds_ = time.perf_counter() - started
-        return NominalCalibration.of(scores, maps, f"cross-fit over {folds} folds of the training images")
+        return calibration
+
+    def _without_suspicious(self, patches: TrainingPatches, names: list[str], calibration: NominalCalibration,
+                            folds: int) -> NominalCalibration:
+        """The model without the training images the cross-fit named suspicious: their rows leave the bank, the
+        greedy coreset continues over the other images' patches where those rows covered them, and the
+        cross-fit runs again."""
+        numbers = np.flatnonzero(calibration.suspicious)
+        self.excluded_images_ = [names[number] for number in numbers]
+        patches = patches.without_images(numbers)
+        names = [name for name in names if name not in set(self.excluded_images_)]
+        bank = self.bank_.without_image_numbers(numbers)
+        distances, _ = bank.indexed(self._new_index(), self.device_).index.search(
+            np.ascontiguousarray(patches.features), 1)
+        added = extend_coreset(patches.features, distances[:, 0], len(patches), self.coverage_radius_)
+        self.bank_ = bank.extended(patches.features[added], patches.origins[added]).indexed(self._new_index(),
+                                                                                              self.device_)
+        self.n_patches_seen_ = len(patches)
+        scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=min(folds, len(names)))
+        return NominalCalibration.of(scores, maps, f"{calibration.source}, without {len(numbers)} suspicious "
+                                                   "images", names)
 
     @torch.inference_mode()
     def _patch_rows(self, items: Sequence[ImageInput], loop: BatchLoop
@@ -332,7 +360,9 @@ class PatchCore(Detector):
                 scores, maps = self._cross_fit(patches, self.bank_, first, min(folds, len(names)))
         if scores:
             self.calibration_ = self.calibration_.extended(
-                scores, maps, f"{self.calibration_.source}; {len(scores)} from an update ({how})")
+                scores, maps, f"{self.calibration_.source}; {len(scores)} from an update ({how})",
+                [p.source or f"held-out new image {i}" for i, p in enumerate(predictions)] if holdout_items
+                else names)
         self.n_train_images_ += len(names)
         self.n_patches_seen_ += len(patches)
         previous = self.change_ if self.change_.get("action") == "update" else {}
@@ -447,7 +477,7 @@ class PatchCore(Detector):
 
 
 def _name(item: ImageInput, number: int) -> str:
-    return Path(item).name if isinstance(item, (str, Path)) else f"image {number}"
+    return str(item) if isinstance(item, (str, Path)) else f"image {number}"
 
 
 def _segments_argmax(values: torch.Tensor, counts: list[int], labels: list[int] | None = None,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from patchcore.data.categories import GOOD, Category, load_mask
-from patchcore.evaluation.metrics import PixelMetrics, image_auroc
+from patchcore.evaluation.metrics import PixelMetrics, SegmentationCounts, image_auroc, oracle_recall
 from patchcore.core.detector import Detector
 from patchcore.baselines.ensemble import Ensemble
 from patchcore.io.files import atomic_write_bytes
@@ -58,6 +58,14 @@ class CategoryResult:
     false_alarm_rate: float | None = None  # the rate the threshold was set for
     test_false_alarm_rate: float | None = None  # good test images flagged, %
     test_recall: float | None = None  # defective test images flagged, %
+    # The best recall any threshold reaches at no more false alarms than the model's measured ones, %.
+    oracle_recall: float | None = None
+    threshold_method: str | None = None  # how the threshold was set (tail fit, quantile, highest score)
+    # Defect regions at the pixel threshold set from good images: pixel F1 over the test set (MVTec AD 2's
+    # protocol), the defective images with a region on their defect (%), and regions per good test image.
+    segmentation_f1: float | None = None
+    defects_with_region: float | None = None
+    regions_per_good_image: float | None = None
     # Hindsight, from the test labels (never used by the model): the best F1 any threshold gives.
     f1_optimal_threshold: float | None = None
     f1_optimal: float | None = None
@@ -94,7 +102,9 @@ def evaluate_fitted(
 ) -> CategoryResult:
     """Metrics of an already fitted model on the category's test set; `details` keeps what a report draws."""
     pixel_metrics = PixelMetrics() if category.has_masks else None
-    labels, scores, types, peak_hits = [], [], [], []
+    region_threshold = model.decision_rule().region_threshold if hasattr(model, "decision_rule") else None
+    segmentation = SegmentationCounts(region_threshold) if pixel_metrics and region_threshold is not None else None
+    labels, scores, types, peak_hits, region_hits, good_regions = [], [], [], [], [], []
     started = time.perf_counter()
     predictions = model.iter_predict([s.image for s in category.test_samples])
     for sample, prediction in zip(category.test_samples, predictions):
@@ -107,10 +117,17 @@ def evaluate_fitted(
             pixel_metrics.update(prediction.anomaly_map, mask)
             if mask.any():
                 peak_hits.append(peak_on_mask(prediction.anomaly_map, mask))
+            if segmentation is not None:
+                segmentation.update(prediction.anomaly_map, mask)
+                if mask.any():
+                    region_hits.append(any(mask[y0:y1, x0:x1].any()
+                                           for x0, y0, x1, y1 in (r.bbox for r in prediction.regions)))
+        if prediction.regions is not None and not sample.is_anomalous:
+            good_regions.append(len(prediction.regions))
         if maps_dir is not None:
             folder = maps_dir / category.name / sample.defect_type
             write_overlay(folder / f"{sample.image.stem}.png", sample.image, prediction.anomaly_map,
-                          model.nominal_map_range_)
+                          model.nominal_map_range_, regions=prediction.regions)
     inference_seconds = time.perf_counter() - started
     labels, scores = np.array(labels), np.array(scores)
     result = CategoryResult(
@@ -126,6 +143,9 @@ def evaluate_fitted(
         n_test=len(labels),
         per_defect_image_auroc=per_defect_auroc(np.array(types), scores),
         peak_on_defect=100 * float(np.mean(peak_hits)) if peak_hits else None,
+        segmentation_f1=segmentation.f1() if segmentation is not None else None,
+        defects_with_region=100 * float(np.mean(region_hits)) if region_hits else None,
+        regions_per_good_image=float(np.mean(good_regions)) if good_regions else None,
         **threshold_columns(model, labels, scores),
     )
     if details:
@@ -152,9 +172,11 @@ def threshold_columns(model: Detector | Ensemble, labels: np.ndarray, scores: np
     threshold = model.decision_threshold()
     if threshold is not None:
         flagged = scores > threshold.value
+        false_alarms = float(flagged[labels == 0].mean())
         columns.update(threshold=threshold.value, false_alarm_rate=100 * threshold.false_alarm_rate,
-                       test_false_alarm_rate=100 * float(flagged[labels == 0].mean()),
-                       test_recall=100 * float(flagged[labels == 1].mean()))
+                       test_false_alarm_rate=100 * false_alarms, test_recall=100 * float(flagged[labels == 1].mean()),
+                       oracle_recall=100 * oracle_recall(scores[labels == 0], scores[labels == 1], false_alarms),
+                       threshold_method=threshold.method)
     columns["f1_optimal_threshold"], f1 = f1_optimal_threshold(labels, scores)
     columns["f1_optimal"] = 100 * f1
     return columns
@@ -168,7 +190,9 @@ def gallery(category: Category, model: Detector | Ensemble, labels: np.ndarray, 
     entries = []
     for sample, prediction in zip(samples, model.predict([s.image for s in samples])):
         entries.append({"image": str(sample.image), "defect_type": sample.defect_type, "score": prediction.score,
-                        "overlay_png": overlay_png(sample.image, prediction.anomaly_map, model.nominal_map_range_)})
+                        "overlay_png": overlay_png(sample.image, prediction.anomaly_map, model.nominal_map_range_,
+                                                   regions=prediction.regions),
+                        "regions": len(prediction.regions or [])})
     return entries
 
 
@@ -187,7 +211,7 @@ def mean_row(results: Sequence[CategoryResult]) -> dict:
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
         return float(np.mean(values)) if values else None
 
-    skip = ("category", "per_defect_image_auroc", "details", "threshold", "f1_optimal_threshold")
+    skip = ("category", "per_defect_image_auroc", "details", "threshold", "f1_optimal_threshold", "threshold_method")
     return {"category": "mean", **{f.name: mean(f.name) for f in fields(CategoryResult) if f.name not in skip}}
 
 
@@ -203,6 +227,10 @@ COLUMNS = (
     ("memory_bank_size", "bank size", "{:.0f}"),
     ("test_false_alarm_rate", "false alarms % at threshold", "{:.1f}"),
     ("test_recall", "recall % at threshold", "{:.1f}"),
+    ("oracle_recall", "oracle recall %", "{:.1f}"),
+    ("segmentation_f1", "segmentation F1 %", "{:.1f}"),
+    ("defects_with_region", "defects with a region on them %", "{:.0f}"),
+    ("regions_per_good_image", "regions / good image", "{:.2f}"),
     ("f1_optimal", "F1-optimal %", "{:.1f}"),
 )
 

@@ -52,8 +52,10 @@ def write_report(results: Sequence[CategoryResult], params: dict, out_dir: Path,
         "<h2>Summary</h2>", markdown_to_html(markdown_table(rows)),
         "<p>Threshold: set at the model's false-alarm rate on scores of good training images that were left "
         "out of the bank that scored them (cross-fit folds, or the --validation images); the test "
-        "columns show what it does on the test set. F1-optimal: the best F1 any threshold reaches on the "
-        "test labels, in hindsight (never used by the model).</p>",
+        "columns show what it does on the test set; oracle recall: the best recall any threshold reaches at the "
+        "same measured false-alarm rate. Regions: the map above the pixel threshold set from the good images' "
+        "maps (outlined in magenta below); segmentation F1 over all test pixels at that threshold. F1-optimal: "
+        "the best F1 any threshold reaches on the test labels, in hindsight (never used by the model).</p>",
     ]
     parts += [category_section(result) for result in results]
     parts.append("</body></html>")
@@ -74,12 +76,14 @@ def category_section(result: CategoryResult) -> str:
     gallery = "".join(
         f"<figure class='{_shape(entry['overlay_png'])}'>"
         f"<img alt='overlay' src='data:image/png;base64,{base64.b64encode(entry['overlay_png']).decode()}'>"
-        f"<figcaption>{html.escape(entry['defect_type'])}, score {entry['score']:.3f}<br>"
+        f"<figcaption>{html.escape(entry['defect_type'])}, score {entry['score']:.3f}, "
+        f"{entry['regions']} region{'' if entry['regions'] == 1 else 's'} outlined<br>"
         f"{html.escape(Path(entry['image']).name)}</figcaption></figure>"
         for entry in details.gallery
     )
+    method = f"<p>Threshold: {html.escape(result.threshold_method)}.</p>" if result.threshold_method else ""
     return (
-        f"<section><h2>{html.escape(result.category)}</h2>"
+        f"<section><h2>{html.escape(result.category)}</h2>{method}"
         f"{markdown_to_html(markdown_table([result.row()]))}"
         f"<table><tr><th>defect type</th><th>image AUROC vs. good</th></tr>{defects}</table>"
         f"<div class='plots'>{images}</div>"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from patchcore.core.defect_regions import Region
 from patchcore.io.images import ImageInput, load_image
 from patchcore.io.files import atomic_write_bytes
 
@@ -71,20 +73,38 @@ def preview_png(image: Image.Image, max_side: int | None = DEFAULT_HEATMAP_SIDE)
     return buffer.getvalue()
 
 
+# Defect regions are outlined in this colour: magenta is not on the heat ramp.
+REGION_COLOUR = (255, 0, 255)
+
+
 def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5,
-            max_side: int | None = DEFAULT_HEATMAP_SIDE) -> Image.Image:
+            max_side: int | None = DEFAULT_HEATMAP_SIDE, regions: Sequence[Region] = ()) -> Image.Image:
     """Blend the colourised map over the image (the map must have the image's size), shrunk to at most
-    `max_side` squared pixels. Pixels the model did not inspect (NaN) keep the image's own colours."""
+    `max_side` squared pixels, with each defect region's box outlined. Pixels the model did not inspect (NaN)
+    keep the image's own colours."""
     if anomaly_map.shape != (image.height, image.width):
         raise ValueError(f"map shape {anomaly_map.shape} differs from image size {(image.height, image.width)}")
     image = image.convert("RGB")
+    anomaly_map_width = image.width
     size = _shrunk_size(image.size, max_side)
     if size != image.size:
         image, anomaly_map = image.resize(size, Image.BILINEAR), resize_map(anomaly_map, size)
     inspected = np.isfinite(anomaly_map)
     heat = Image.fromarray(colorize(np.where(inspected, anomaly_map, vmin), vmin, vmax))
     blended = np.asarray(Image.blend(image, heat, alpha))
-    return Image.fromarray(np.where(inspected[..., None], blended, np.asarray(image)))
+    result = Image.fromarray(np.where(inspected[..., None], blended, np.asarray(image)))
+    if regions:
+        _outline(result, regions, scale=size[0] / anomaly_map_width)
+    return result
+
+
+def _outline(picture: Image.Image, regions: Sequence[Region], scale: float) -> None:
+    """Draw each region's box (original pixels, end exclusive) on `picture`, shown at `scale` of the original."""
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 400))  # visible on a 4000 px strip's overlay, thin on a crop's
+    for region in regions:
+        x0, y0, x1, y1 = (round(value * scale) for value in region.bbox)
+        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=REGION_COLOUR, width=width)
 
 
 def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None) -> tuple[float, float]:
@@ -98,15 +118,17 @@ def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float
 
 
 def overlay_png(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None,
-                max_side: int | None = DEFAULT_HEATMAP_SIDE) -> bytes:
-    """The heatmap overlay of `image` as PNG bytes, at most `max_side` squared pixels."""
+                max_side: int | None = DEFAULT_HEATMAP_SIDE, regions: Sequence[Region] | None = None) -> bytes:
+    """The heatmap overlay of `image` as PNG bytes, at most `max_side` squared pixels, regions outlined."""
     vmin, vmax = display_range(anomaly_map, nominal_map_range)
     buffer = io.BytesIO()
-    overlay(load_image(image), anomaly_map, vmin, vmax, max_side=max_side).save(buffer, format="PNG")
+    overlay(load_image(image), anomaly_map, vmin, vmax, max_side=max_side, regions=regions or ()).save(
+        buffer, format="PNG")
     return buffer.getvalue()
 
 
 def write_overlay(path: Path, image: ImageInput, anomaly_map: np.ndarray,
-                  nominal_map_range: tuple[float, float] | None, max_side: int | None = DEFAULT_HEATMAP_SIDE) -> None:
+                  nominal_map_range: tuple[float, float] | None, max_side: int | None = DEFAULT_HEATMAP_SIDE,
+                  regions: Sequence[Region] | None = None) -> None:
     """Write the heatmap overlay of `image` as a PNG at `path`, atomically."""
-    atomic_write_bytes(path, overlay_png(image, anomaly_map, nominal_map_range, max_side))
+    atomic_write_bytes(path, overlay_png(image, anomaly_map, nominal_map_range, max_side, regions))

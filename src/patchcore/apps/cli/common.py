@@ -222,8 +222,11 @@ def echo_threshold(model, false_alarm_rate: float | None = None) -> None:
     rate = model.false_alarm_rate if false_alarm_rate is None else false_alarm_rate
     threshold = model.decision_threshold(rate)
     if threshold is not None:
-        click.echo(f"threshold {threshold.value:.4f} at {rate:.1%} false alarms, from "
-                   f"{len(model.nominal_scores_)} nominal scores ({model.nominal_source_})")
+        click.echo(f"threshold {threshold.describe()}, from {len(model.nominal_scores_)} nominal scores "
+                   f"({model.nominal_source_})")
+    excluded = getattr(model, "excluded_images_", [])
+    if excluded:
+        click.echo(f"left out of the model as suspicious ({len(excluded)}): " + ", ".join(excluded))
     for warning in model.nominal_warnings(rate):
         click.echo(f"warning: {warning}", err=True)
 

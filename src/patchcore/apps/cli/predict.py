@@ -12,7 +12,7 @@ from patchcore.apps.cli.common import SKIP_BAD_HELP, declared_command, is_inside
 MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, not on the terminal
 
 
-@declared_command(main, declared_names=("device", "weights", "false_alarm_rate"))
+@declared_command(main, declared_names=("device", "weights", "false_alarm_rate", "min_defect_area", "pixel_size"))
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
@@ -25,11 +25,12 @@ MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, no
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
 @ray_options
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
-            false_alarm_rate: float | None, skip_bad: bool, heatmap_size: int, no_heatmaps: bool, workers: int,
-            use_ray: bool, ray_address: str | None, ray_threads: int | None) -> None:
+            false_alarm_rate: float | None, min_defect_area: float | None, pixel_size: float | None, skip_bad: bool,
+            heatmap_size: int, no_heatmaps: bool, workers: int, use_ray: bool, ray_address: str | None,
+            ray_threads: int | None) -> None:
     """Score IMAGES (files or folders, searched recursively) with the model in MODEL_DIR; write scores,
-    decisions and heatmaps (heatmaps/NAME.png: the path below the inputs' common folder, '/' as '__').
-    --false-alarm-rate overrides the model's."""
+    decisions, defect regions and heatmaps (heatmaps/NAME.png: the path below the inputs' common folder, '/' as
+    '__'; regions outlined). --false-alarm-rate, --min-defect-area and --pixel-size override the model's."""
     import time
 
     from patchcore.apps.jobs import summary_line
@@ -40,6 +41,7 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     check_writable_folder(out_dir)
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
+    size_rule = {"min_defect_area": min_defect_area, "pixel_size": pixel_size}
     threads = ray_settings(use_ray, ray_address, ray_threads, 1)
     files = [file for file in collect_images(list(images)) if not is_inside(file, out_dir)]  # never our own outputs
     if not files:
@@ -50,10 +52,10 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     started = time.perf_counter()
     with ScoresWriter(out_dir) as scores:  # each row reaches scores.csv as soon as it is computed
         if threads is None:
-            from patchcore.apps.jobs import predict_files
+            from patchcore.apps.jobs import predict_files, with_size_rule
             from patchcore.methods import load_model
 
-            model = load_model(model_dir, device=device, weights=weights)
+            model = with_size_rule(load_model(model_dir, device=device, weights=weights), size_rule)
             rows, skipped = predict_files(model, files, names, heatmaps_dir, skip_bad, progress=True,
                                           heatmap_side=heatmap_side, on_row=scores.add,
                                           false_alarm_rate=false_alarm_rate)
@@ -64,7 +66,7 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
                 raise click.UsageError(f"--workers must be >= 1, got {workers}")
             from patchcore.apps.distributed import predict_on_actors, start_scorers
 
-            scorers = start_scorers(model_dir, workers, threads, false_alarm_rate)
+            scorers = start_scorers(model_dir, workers, threads, false_alarm_rate, size_rule)
             rows, skipped = predict_on_actors(scorers, files, names, heatmaps_dir, skip_bad, heatmap_side=heatmap_side,
                                               on_row=scores.add, progress=True)
         report_skipped(skipped)
@@ -92,9 +94,11 @@ def monitor(model_dir: Path, images: tuple[Path, ...], device: str | None) -> No
     report = model_drift(model, model.score_samples(list(images)))
     share = "n/a" if report.share_above_threshold is None else f"{report.share_above_threshold:.1%}"
     psi = "n/a" if report.psi is None else f"{report.psi:.3f}"
+    shift = "n/a" if report.median_shift is None else f"{report.median_shift:+.1%}"
     click.echo(f"{report.n_recent} images: {share} above the threshold (nominal {model.false_alarm_rate:.1%}), "
-               f"PSI {psi}")
-    click.echo(("DRIFT: " if report.warning else "ok: ") + report.reason)
+               f"PSI {psi}, median score {shift} against the nominal scores")
+    fired = f" (rules fired: {', '.join(report.rules_fired)})" if report.rules_fired else ""
+    click.echo(("DRIFT: " if report.warning else "ok: ") + report.reason + fired)
     if report.warning:
         sys.exit(1)
 

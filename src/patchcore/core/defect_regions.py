@@ -1,0 +1,59 @@
+"""Defect regions: where an anomaly map rises above the pixel threshold, each with its box, area, peak and centre."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+# 8-connected: pixels touching at a corner belong to one region.
+CONNECTIVITY = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region of an anomaly map, in the original image's pixels: `bbox` (x0, y0, x1, y1; x1 and y1 exclusive),
+    `area` (pixels), `score` (the map's maximum in it), `centroid` (x, y), and the area in square millimetres when
+    the pixel size is known."""
+
+    bbox: tuple[int, int, int, int]
+    area: int
+    score: float
+    centroid: tuple[float, float]
+    area_mm2: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_regions(anomaly_map: np.ndarray, threshold: float, typical: float | None = None,
+                 pixel_size: float | None = None) -> list[Region]:
+    """The regions of `anomaly_map` (H, W) that rise above `threshold`, highest score first; NaN pixels (not
+    inspected) are never in one. `pixel_size`: millimetres per pixel, for `area_mm2`.
+
+    The threshold finds a region; its extent is where the map stands above half its peak's height over `typical`
+    (good images' typical pixel), when that is above the threshold. The map is a blurred, upsampled grid of
+    patch scores, so a strong defect's skirt crosses the threshold far outside it: cut at the threshold alone,
+    regions measured 1.1 to 1.9 times the area of pasted 32 and 64 px defects, cut at half height 0.8 to 1.3
+    times (benchmarks/regions.py).
+    """
+    finite = np.nan_to_num(anomaly_map, nan=-np.inf)
+    labels, count = ndimage.label(finite > threshold, structure=CONNECTIVITY)
+    if count == 0:
+        return []
+    if typical is not None:
+        peaks = ndimage.maximum(finite, labels, np.arange(count + 1))
+        cuts = np.maximum(threshold, typical + 0.5 * (peaks - typical))
+        cuts[0] = np.inf  # background
+        labels, count = ndimage.label(finite > cuts[labels], structure=CONNECTIVITY)
+    indices = np.arange(1, count + 1)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    peaks = ndimage.maximum(finite, labels, indices)
+    centroids = ndimage.center_of_mass(labels > 0, labels, indices)
+    regions = []
+    for (rows, columns), area, peak, (cy, cx) in zip(ndimage.find_objects(labels), areas, peaks, centroids):
+        regions.append(Region((columns.start, rows.start, columns.stop, rows.stop), int(area), float(peak),
+                              (float(cx), float(cy)),
+                              None if pixel_size is None else float(area) * pixel_size * pixel_size))
+    return sorted(regions, key=lambda region: -region.score)
