@@ -61,7 +61,7 @@ def main() -> None:
     rates = [float(text) for text in args.rates.split(",")]
 
     print("## Nominal scores against good test images (median, 95th percentile)\n")
-    fold_counts = sorted({folds for entry in data.values() for folds in entry["nominal"]}, key=int)
+    fold_counts = sorted({folds for entry in data.values() for folds in entry["nominal"] if folds.isdigit()}, key=int)
     print("| category | n train | good test | " + " | ".join(f"{f} folds" for f in fold_counts) + " |")
     print("|---|---|---|" + "---|" * len(fold_counts))
     ratios = {folds: [] for folds in fold_counts}
@@ -86,8 +86,8 @@ def main() -> None:
         print("|---|---|" + "---|" * len(METHODS))
         totals = {method: [] for method in METHODS}
         for name, entry in data.items():
-            folds = args.folds or max(entry["nominal"], key=int)
-            folds = folds if folds in entry["nominal"] else max(entry["nominal"], key=int)
+            counts = [folds for folds in entry["nominal"] if folds.isdigit()]
+            folds = args.folds if args.folds in counts else max(counts, key=int)
             nominal = np.array(entry["nominal"][folds]["scores"])
             good = np.array([t["score"] for t in entry["test"] if t["defect_type"] == "good"])
             defective = np.array([t["score"] for t in entry["test"] if t["defect_type"] != "good"])
