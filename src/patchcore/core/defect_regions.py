@@ -35,7 +35,7 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, typical: float | Non
     The threshold finds a region; its extent is where the map stands above half its peak's height over `typical`
     (good images' typical pixel), when that is above the threshold. The map is a blurred, upsampled grid of
     patch scores, so a strong defect's skirt crosses the threshold far outside it: cut at the threshold alone,
-    regions measured 1.1 to 1.9 times the area of pasted 32 and 64 px defects, cut at half height 0.8 to 1.3
+    regions measured 1.1 to 2.0 times the area of pasted 32 and 64 px defects, cut at half height 0.8 to 1.3
     times (benchmarks/regions.py).
     """
     finite = np.nan_to_num(anomaly_map, nan=-np.inf)
