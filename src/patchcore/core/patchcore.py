@@ -183,7 +183,8 @@ class PatchCore(Detector):
         numbers = np.flatnonzero(calibration.suspicious)
         self.excluded_images_ = [names[number] for number in numbers]
         patches = patches.without_images(numbers)
-        names = [name for name in names if name not in set(self.excluded_images_)]
+        dropped = set(numbers.tolist())
+        names = [name for number, name in enumerate(names) if number not in dropped]
         bank = self.bank_.without_image_numbers(numbers)
         distances, _ = bank.indexed(self._new_index(), self.device_).index.search(
             np.ascontiguousarray(patches.features), 1)

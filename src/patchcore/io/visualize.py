@@ -85,7 +85,7 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: floa
     if anomaly_map.shape != (image.height, image.width):
         raise ValueError(f"map shape {anomaly_map.shape} differs from image size {(image.height, image.width)}")
     image = image.convert("RGB")
-    anomaly_map_width = image.width
+    original_width = image.width
     size = _shrunk_size(image.size, max_side)
     if size != image.size:
         image, anomaly_map = image.resize(size, Image.BILINEAR), resize_map(anomaly_map, size)
@@ -94,7 +94,7 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, vmin: float, vmax: floa
     blended = np.asarray(Image.blend(image, heat, alpha))
     result = Image.fromarray(np.where(inspected[..., None], blended, np.asarray(image)))
     if regions:
-        _outline(result, regions, scale=size[0] / anomaly_map_width)
+        _outline(result, regions, scale=size[0] / original_width)
     return result
 
 
