@@ -46,6 +46,12 @@ def test_predict_returns_the_library_score_decision_and_overlay(client, served, 
     assert (body["width"], body["height"], body["filename"]) == (128, 128, "defect.png")
     assert body["n_regions"] == len(body["regions"]) >= 1
     assert [region["bbox"] for region in body["regions"]] == [list(region.bbox) for region in expected.regions]
+    # Why: the region's worst patch as a picture, and the nearest good patch named (the model was fitted on
+    # images in memory, so there is no file to picture it from).
+    largest = max(body["regions"], key=lambda region: region["area"])
+    assert largest["nearest_good"]["image"].startswith("image ")
+    assert Image.open(io.BytesIO(base64.b64decode(largest["patch_png_base64"]))).format == "PNG"
+    assert largest["good_patch_png_base64"] is None
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png_base64"])))
     assert overlay.format == "PNG" and overlay.size == (128, 128)
 

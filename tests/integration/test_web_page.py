@@ -16,6 +16,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
 from tests.helpers import serving  # noqa: E402
+from patchcore import PatchCore  # noqa: E402
 from patchcore.apps.service import create_app, load_models  # noqa: E402
 
 # As the machine notes say: without these, Chromium keeps trying to reach Google's hosts.
@@ -24,8 +25,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def server_url(fitted_model, tmp_path_factory):
-    model_dir = fitted_model.save(tmp_path_factory.mktemp("web") / "brick")
+def server_url(image_folder, tmp_path_factory):
+    # Fitted from files, so that the page can show the good training patch nearest to a region.
+    model = PatchCore(coreset_ratio=0.1, batch_size=8, image_size=128).fit(image_folder)
+    model_dir = model.save(tmp_path_factory.mktemp("web") / "brick")
     with serving(create_app(load_models([str(model_dir)]))) as port:
         yield f"http://127.0.0.1:{port}/"
 
@@ -59,6 +62,11 @@ def test_uploading_a_defective_photo_shows_the_defect_decision_and_overlay(page,
     assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128
     assert "score" in card.locator(".meta").inner_text()
     assert "defect region" in card.locator(".regions").inner_text()  # where, and how big
+    # Why: the region's worst patch beside the nearest good patch of a training file, both pictured.
+    why = card.locator(".why figure").first
+    assert why.locator("img").count() == 2
+    assert why.locator("img").nth(1).evaluate("img => img.complete && img.naturalWidth") > 0
+    assert "nearest good patch: " in why.inner_text() and ".png" in why.inner_text()
 
 
 @pytest.mark.slow

@@ -28,9 +28,10 @@ def test_an_indexed_bank_finds_its_own_rows_on_its_device() -> None:
 
 def test_extending_a_bank_appends_rows_and_origins() -> None:
     bank = MemoryBank(np.zeros((2, 3), np.float32), np.full(2, UNKNOWN_ORIGIN))
-    extended = bank.extended(np.ones((1, 3), np.float32), np.array([7]))
+    extended = bank.extended(MemoryBank(np.ones((1, 3), np.float32), np.array([7]), np.array([[4, 5]])))
     np.testing.assert_array_equal(extended.origins, [UNKNOWN_ORIGIN, UNKNOWN_ORIGIN, 7])
     assert extended.rows.shape == (3, 3) and extended.rows[2].sum() == 3
+    assert extended.positions is None  # the old rows' places are unknown, and so are all
 
 
 def test_learned_proxies_come_from_no_image() -> None:
@@ -38,7 +39,7 @@ def test_learned_proxies_come_from_no_image() -> None:
     with pytest.raises(ValueError, match="learned proxies"):
         proxies.without_images(0, 1)
     with pytest.raises(ValueError, match="cannot be extended"):
-        proxies.extended(np.zeros((1, 2), np.float32), np.zeros(1, np.int64))
+        proxies.extended(MemoryBank(np.zeros((1, 2), np.float32), np.zeros(1, np.int64)))
 
 
 def test_training_patches_beyond_the_memory_budget_live_in_a_mapped_file(monkeypatch) -> None:

@@ -49,7 +49,7 @@ class ServedModel:
     def manifest(self) -> dict[str, Any]:
         """The manifest of the version served, with file paths reduced to file names: the server's
         folders are nobody's business."""
-        return _without_paths(self.model.manifest_)
+        return without_paths(self.model.manifest_)
 
     def drift(self) -> DriftReport:
         return model_drift(self.model, np.array(self.recent))
@@ -94,11 +94,12 @@ class ServedModel:
         return [{"name": file.name, "bytes": file.stat().st_size} for file in files]
 
 
-def _without_paths(value: Any) -> Any:
+def without_paths(value: Any) -> Any:
+    """`value` (JSON-like) with every absolute file path reduced to its file name: clients see no server paths."""
     if isinstance(value, dict):
-        return {key: _without_paths(item) for key, item in value.items()}
+        return {key: without_paths(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_without_paths(item) for item in value]
+        return [without_paths(item) for item in value]
     if isinstance(value, str) and re.match(r"^(/|~|[A-Za-z]:[\\/]|\\\\)", value):
         return re.split(r"[\\/]", value.rstrip("/\\"))[-1]
     return value

@@ -22,11 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patchcore import __version__
-from patchcore.apps.live import ServedModel, ServiceMetrics, VersionWatcher
+from patchcore.apps.live import ServedModel, ServiceMetrics, VersionWatcher, without_paths
 from patchcore.apps.outputs import prediction_row
 from patchcore.errors import ImageLoadError, ImageTooLargeError, PatchCoreError
 from patchcore.io.images import decode_image
-from patchcore.io.visualize import legend_html, overlay_png, preview_png
+from patchcore.io.visualize import legend_html, overlay_png, patch_pair_pngs, preview_png
 from patchcore.methods import load_model
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -254,6 +254,8 @@ def create_app(
         model: str | None = Query(None, description="Model name; optional when one model is served"),
         overlay: bool = Query(True, description="Include the heatmap overlay as a base64 PNG"),
         original: bool = Query(False, description="Include the image as the model saw it, as a base64 PNG"),
+        good_patches: bool = Query(True, description="Include, for the largest regions, their worst patch and the "
+                                                     "nearest good training patch as base64 PNGs"),
     ) -> dict:
         authorise(request)
         served = choose(model)
@@ -270,6 +272,7 @@ def create_app(
         metrics.observe_prediction(served.name, prediction.decision, prediction.normalised_score)
         row = prediction_row(prediction)
         del row["image"]  # the upload is named by `filename`
+        row["regions"] = without_paths(row["regions"])  # a nearest good patch's training file, by name
         body = {
             "model": served.name,
             "model_version": int(live.manifest_.get("version", 1)),
@@ -284,11 +287,29 @@ def create_app(
         if overlay:
             png = overlay_png(picture, prediction.anomaly_map, live.nominal_map_range_, regions=prediction.regions)
             body["overlay_png_base64"] = base64.b64encode(png).decode("ascii")
+        if good_patches and prediction.regions:
+            _add_good_patch_pictures(body["regions"], prediction.regions, picture)
         if original:
             body["original_png_base64"] = base64.b64encode(preview_png(picture)).decode("ascii")
         return body
 
     return app
+
+
+# Regions, largest first, whose worst patch and nearest good patch are sent as pictures.
+GOOD_PATCH_PICTURES = 3
+
+
+def _add_good_patch_pictures(rows: list[dict], regions: list, picture) -> None:
+    """`patch_png_base64` and `good_patch_png_base64` (None when the training image is not readable by the
+    service) on the rows of the GOOD_PATCH_PICTURES largest regions that name a good patch."""
+    largest = sorted(range(len(regions)), key=lambda i: -regions[i].area)[:GOOD_PATCH_PICTURES]
+    for i in largest:
+        if regions[i].nearest_good is None:
+            continue
+        patch, good = patch_pair_pngs(picture, regions[i].nearest_good)
+        rows[i]["patch_png_base64"] = base64.b64encode(patch).decode("ascii")
+        rows[i]["good_patch_png_base64"] = None if good is None else base64.b64encode(good).decode("ascii")
 
 
 def _serve_docs_offline(app: FastAPI) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from patchcore.backbones import BackboneSpec, LoadedBackbone
 from patchcore.core.batches import BatchLoop, Picture
-from patchcore.core.detector import Detector
+from patchcore.core.detector import Detector, ScoredPicture
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
 from patchcore.params import Range, documented, param
@@ -70,7 +70,7 @@ class Padim(Detector):
         self.means_ = mean.float().numpy()
         self.inverse_covariances_ = np.ascontiguousarray(torch.linalg.inv(covariance).float().numpy())
 
-    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[ScoredPicture]:
         return self._score_whole(pictures, loop, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from patchcore.backbones import LoadedBackbone
 from patchcore.core.batches import BatchLoop, Picture
-from patchcore.core.detector import Detector
+from patchcore.core.detector import Detector, ScoredPicture
 from patchcore.core.features import FeatureExtractor
 from patchcore.io.images import ImageInput
 from patchcore.search import ExactIndex
@@ -49,7 +49,7 @@ class Spade(Detector):
         self.train_patch_features_ = np.concatenate(patch_grids)
         self.train_global_features_ = np.concatenate(global_features)
 
-    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[ScoredPicture]:
         return self._score_whole(pictures, loop, self._score_batch)
 
     def _score_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

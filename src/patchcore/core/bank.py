@@ -59,14 +59,21 @@ class TrainingPatches:
         """Which patches came from images start to stop - 1 (a boolean mask)."""
         return (self.origins >= start) & (self.origins < stop)
 
+    def bank(self, rows: np.ndarray | slice = slice(None), first: int = 0) -> MemoryBank:
+        """A bank of the patches `rows` (default all), each row knowing its image (numbered from `first`) and its
+        grid position."""
+        return MemoryBank(self.features[rows], first + self.origins[rows], self.positions[rows])
+
 
 @dataclass(frozen=True, eq=False)
 class MemoryBank:
-    """Bank rows (n, D) and the training image each came from (n,; UNKNOWN_ORIGIN for rows of a loaded model;
-    None for learned proxies, which come from no image). `indexed` adds the search over them on a device."""
+    """Bank rows (n, D), the training image each came from (n,; UNKNOWN_ORIGIN for rows of a model saved before
+    origins were kept; None for learned proxies, which come from no image) and its place on that image's patch
+    grid (n, 2: row, column; None where origins are unknown). `indexed` adds the search over them on a device."""
 
     rows: np.ndarray
     origins: np.ndarray | None
+    positions: np.ndarray | None = None
     index: NearestNeighbourIndex | None = None
     on_device: torch.Tensor | None = None  # the rows where the search runs, for Eq. 7
 
@@ -83,14 +90,13 @@ class MemoryBank:
             index = index.restore(state, rows.shape[1])
         # Eq. 7 reads bank rows where the search runs; a torch index already holds the bank there.
         on_device = index.bank_ if isinstance(index, TorchIndex) else torch.from_numpy(rows).to(device)
-        return MemoryBank(rows, self.origins, index, on_device)
+        return MemoryBank(rows, self.origins, self.positions, index, on_device)
 
     def without_images(self, start: int, stop: int) -> MemoryBank:
         """The rows that came from none of images start to stop - 1 (unindexed): the bank a cross-fit fold meets."""
         if self.origins is None:
             raise ValueError("a bank of learned proxies comes from no image: no image's rows can be left out")
-        kept = (self.origins < start) | (self.origins >= stop)
-        return MemoryBank(self.rows[kept], self.origins[kept])
+        return self._kept((self.origins < start) | (self.origins >= stop), self.origins)
 
     def without_image_numbers(self, numbers: np.ndarray) -> MemoryBank:
         """Without the rows of images `numbers` (unindexed); the others' images numbered again as
@@ -98,13 +104,19 @@ class MemoryBank:
         if self.origins is None:
             raise ValueError("a bank of learned proxies comes from no image: no image's rows can be left out")
         kept = ~np.isin(self.origins, numbers)
-        return MemoryBank(self.rows[kept], renumbered(self.origins[kept], numbers))
+        return self._kept(kept, renumbered(self.origins, numbers))
 
-    def extended(self, rows: np.ndarray, origins: np.ndarray) -> MemoryBank:
-        """With more rows (unindexed): an update's."""
-        if self.origins is None:
+    def _kept(self, kept: np.ndarray, origins: np.ndarray) -> MemoryBank:
+        return MemoryBank(self.rows[kept], origins[kept], None if self.positions is None else self.positions[kept])
+
+    def extended(self, more: MemoryBank) -> MemoryBank:
+        """With the rows of `more` too (unindexed): an update's."""
+        if self.origins is None or more.origins is None:
             raise ValueError("a bank of learned proxies cannot be extended (they come from no image): refit")
-        return MemoryBank(np.concatenate([self.rows, rows]), np.concatenate([self.origins, origins]))
+        positions = (None if self.positions is None or more.positions is None
+                     else np.concatenate([self.positions, more.positions]))
+        return MemoryBank(np.concatenate([self.rows, more.rows]), np.concatenate([self.origins, more.origins]),
+                          positions)
 
 
 def renumbered(origins: np.ndarray, dropped: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Defect regions: where an anomaly map rises above the pixel threshold, each with its box, area, peak and centre."""
+"""Defect regions: where an anomaly map rises above the pixel threshold, each with its box, area, peak and centre
+(and, from the model, the good patch nearest to it)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,31 @@ CONNECTIVITY = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
+class GoodPatch:
+    """The good training patch nearest to a region's worst patch: the training image (`image`: its file, or
+    'image N' for one given in memory), the patch's box on it (`bbox`: x0, y0, x1, y1 in that image's original
+    pixels), the worst patch's box on the inspected image (`patch_bbox`), and the distance between the two
+    patches' features (the worst patch's score)."""
+
+    image: str
+    bbox: tuple[int, int, int, int]
+    patch_bbox: tuple[int, int, int, int]
+    distance: float
+
+
+@dataclass(frozen=True)
 class Region:
     """One region of an anomaly map, in the original image's pixels: `bbox` (x0, y0, x1, y1; x1 and y1 exclusive),
-    `area` (pixels), `score` (the map's maximum in it), `centroid` (x, y), and the area in square millimetres when
-    the pixel size is known."""
+    `area` (pixels), `score` (the map's maximum in it), `centroid` (x, y), the area in square millimetres when
+    the pixel size is known, and the good training patch nearest to its worst patch when the model keeps where
+    its bank rows came from."""
 
     bbox: tuple[int, int, int, int]
     area: int
     score: float
     centroid: tuple[float, float]
     area_mm2: float | None = None
+    nearest_good: GoodPatch | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

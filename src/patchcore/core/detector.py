@@ -21,6 +21,7 @@ from patchcore.core.features import FeatureExtractor
 from patchcore.core.manifest import load_detector, save_model
 from patchcore.core.preprocessing import Preprocessor, choose_working_side, parse_image_size
 from patchcore.core.defect_regions import Region, find_regions
+from patchcore.core.references import GoodPatchFinder
 from patchcore.core.replay import GraphReplay
 from patchcore.core.scoring import anomaly_maps, map_operators
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATES, Threshold
@@ -103,6 +104,8 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+# (image score, patch-score grid, the bank row nearest to each patch on the grid or None) of one picture.
+ScoredPicture = tuple[float, torch.Tensor, "torch.Tensor | None"]
 # Anomaly maps made at once, in pixels: batches small images' maps, keeps one large image's alone.
 MAP_BATCH_PIXELS = 8_000_000
 # Backbone arithmetic by name: None runs in float32, the others under autocast.
@@ -189,8 +192,13 @@ class Detector(BaseEstimator, Calibrated, ABC):
         return the nominal calibration of a cross-fit over them (None: the method cannot cross-fit)."""
 
     @abstractmethod
-    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
-        """(image score, patch-score grid over the network input) of each picture."""
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[ScoredPicture]:
+        """(image score, patch-score grid over the network input, the bank row nearest to each patch or None)
+        of each picture."""
+
+    def _good_patch_finder(self) -> GoodPatchFinder | None:
+        """What names the good training patch nearest to each region (None: this model cannot)."""
+        return None
 
     @abstractmethod
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -333,16 +341,21 @@ class Detector(BaseEstimator, Calibrated, ABC):
     def _predict(self, items: list[ImageInput], with_maps: bool, rule: DecisionRule = DecisionRule(None),
                  loop: BatchLoop | None = None) -> Iterator[Prediction]:
         loop = loop or self._loop()
+        finder = self._good_patch_finder() if with_maps else None
         for positions, pictures in loop.chunks(items, "predict"):
-            scores, grids = zip(*self._score_pictures(pictures, loop))
+            scores, grids, nearest = zip(*self._score_pictures(pictures, loop))
+            sizes = [picture.size for picture in pictures]
             if with_maps:
-                maps = self._maps(list(grids), [picture.size for picture in pictures])
+                maps = self._maps(list(grids), sizes)
             else:
                 maps = [np.empty((0, 0), dtype=np.float32)] * len(pictures)
-            for position, score, amap in zip(positions, scores, maps):
+            for position, score, amap, grid, rows, size in zip(positions, scores, maps, grids, nearest, sizes):
                 item = items[position]
                 source = str(item) if isinstance(item, (str, Path)) else None
-                yield rule(float(score), amap, source, with_regions=with_maps)
+                prediction = rule(float(score), amap, source, with_regions=with_maps)
+                if finder is not None and rows is not None and prediction.regions:
+                    prediction.regions = finder(prediction.regions, size, grid.cpu().numpy(), rows.cpu().numpy())
+                yield prediction
 
     def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Pictures' patch-score grids as anomaly maps at their own (W, H) `sizes`. Pictures of one size are
@@ -360,14 +373,14 @@ class Detector(BaseEstimator, Calibrated, ABC):
                     maps[i] = amap
         return maps
 
-    def _score_whole(self, pictures: list[Picture], loop: BatchLoop, score_batch) -> list[tuple[float, torch.Tensor]]:
+    def _score_whole(self, pictures: list[Picture], loop: BatchLoop, score_batch) -> list[ScoredPicture]:
         """`_score_pictures` for methods that score whole network inputs a batch at a time with
         `score_batch(batch) -> (image scores (B,), patch-score grids (B, h, w))`."""
-        results: list[tuple[float, torch.Tensor]] = [None] * len(pictures)  # type: ignore[list-item]
+        results: list[ScoredPicture] = [None] * len(pictures)  # type: ignore[list-item]
         for entries, batch in loop.batches(pictures):
             scores, grids = score_batch(batch)
             for (i, _), score, grid in zip(entries, scores.tolist(), grids.cpu()):
-                results[i] = (score, grid)
+                results[i] = (score, grid, None)
         return results
 
     def _training_batches(self, items: list[ImageInput], loop: BatchLoop) -> Iterator[torch.Tensor]:

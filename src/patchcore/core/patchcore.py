@@ -20,8 +20,9 @@ from patchcore.core.batches import BatchLoop, Picture
 from patchcore.core.calibration import MapSummary, NominalCalibration, summarise
 from patchcore.core.crossfit import (fold_bounds, image_runs, repeat_report, repeat_warnings, shift_distance,
                                      shift_samples)
-from patchcore.core.detector import Detector
+from patchcore.core.detector import Detector, ScoredPicture
 from patchcore.core.features import FeatureExtractor
+from patchcore.core.references import GoodPatchFinder, TrainingImages
 from patchcore.core.region import RegionOfInterest
 from patchcore.core.sampling import SAMPLERS, KeepAll, coreset_size, extend_coreset, make_sampler
 from patchcore.core.scoring import image_scores, segment_argmax
@@ -132,7 +133,8 @@ class PatchCore(Detector):
     def reindex(self) -> "PatchCore":
         """Search the fitted bank with the index the parameters now name (e.g. after `set_params(index="exact")`)."""
         self._check_fitted()
-        self.bank_ = MemoryBank(self.bank_.rows, self.bank_.origins).indexed(self._new_index(), self.device_)
+        self.bank_ = MemoryBank(self.bank_.rows, self.bank_.origins, self.bank_.positions).indexed(
+            self._new_index(), self.device_)
         return self
 
     # -- fitting ----------------------------------------------------------------------------
@@ -155,6 +157,7 @@ class PatchCore(Detector):
         self.bank_ = bank.indexed(self._new_index(), self.device_)
         self.index_seconds_ = time.perf_counter() - started
         self.n_patches_seen_ = len(patches)
+        self.training_images_ = TrainingImages(tuple(names), tuple(patches.image_sizes))
         self.coverage_radius_ = self._coverage_radius(patches.features)
         # Only where the nominal scores will come from the cross-fit, which a bank of learned proxies (from no one
         # image) or a single image cannot have.
@@ -182,6 +185,7 @@ class PatchCore(Detector):
         cross-fit runs again."""
         numbers = np.flatnonzero(calibration.suspicious)
         self.excluded_images_ = [names[number] for number in numbers]
+        self.training_images_ = self.training_images_.without(numbers)
         patches = patches.without_images(numbers)
         dropped = set(numbers.tolist())
         names = [name for number, name in enumerate(names) if number not in dropped]
@@ -189,8 +193,7 @@ class PatchCore(Detector):
         distances, _ = bank.indexed(self._new_index(), self.device_).index.search(
             np.ascontiguousarray(patches.features), 1)
         added = extend_coreset(patches.features, distances[:, 0], len(patches), self.coverage_radius_)
-        self.bank_ = bank.extended(patches.features[added], patches.origins[added]).indexed(self._new_index(),
-                                                                                              self.device_)
+        self.bank_ = bank.extended(patches.bank(added)).indexed(self._new_index(), self.device_)
         self.n_patches_seen_ = len(patches)
         scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=min(folds, len(names)))
         return NominalCalibration.of(scores, maps, f"{calibration.source}, without {len(numbers)} suspicious "
@@ -345,8 +348,8 @@ class PatchCore(Detector):
         distances, _ = self.index_.search(np.ascontiguousarray(patches.features), 1)
         limit = len(patches) if isinstance(self._sampler(), KeepAll) else coreset_size(len(patches), self.coreset_ratio)
         added = extend_coreset(patches.features, distances[:, 0], limit, self.coverage_radius_)
-        self.bank_ = self.bank_.extended(patches.features[added], first + patches.origins[added]).indexed(
-            self._new_index(), self.device_)
+        self.bank_ = self.bank_.extended(patches.bank(added, first=first)).indexed(self._new_index(), self.device_)
+        self.training_images_ = self.training_images_.extended(names, patches.image_sizes, first)
         if holdout_items:
             predictions = list(self._predict(holdout_items, with_maps=True, loop=self._loop(skipped)))
             how = "held-out new images"
@@ -386,7 +389,7 @@ class PatchCore(Detector):
         return np.concatenate([rows for _, _, rows, _ in self._patch_rows(collect_images(images), self._loop())])
 
     @torch.inference_mode()  # the features are inference tensors: small ops on them cost less in this mode
-    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[tuple[float, torch.Tensor]]:
+    def _score_pictures(self, pictures: list[Picture], loop: BatchLoop) -> list[ScoredPicture]:
         """Patch distances tile by tile into each picture's grid (memory bounded by a batch of tiles), the
         worst patch of each tile kept, then of each picture; then Eq. 7 on that patch."""
         preprocessor = self.preprocessor_
@@ -395,6 +398,7 @@ class PatchCore(Detector):
         # until the scores are read: per-tile choices are tensor ops, never Python values.
         grids = [torch.zeros(preprocessor.grid_size(preprocessor.network_size(size)), device=self.device_)
                  for size in sizes]
+        nearest_rows = [torch.full(grid.shape, -1, dtype=torch.int64, device=self.device_) for grid in grids]
         worst_values, worst_features, worst_found, owners = [], [], [], []
         for entries, batch in loop.batches(pictures):
             features = self._network(batch).float()
@@ -421,6 +425,8 @@ class PatchCore(Detector):
                     candidates.append(tile_scores)
                 top, left = tile.place
                 grids[i][top : top + rows, left : left + columns] = tile_scores.reshape(rows, columns)
+                nearest_rows[i][top : top + rows, left : left + columns] = nearest[offset : offset + rows * columns,
+                                                                                   0].reshape(rows, columns)
                 patch_counts.append(rows * columns)
                 offset += rows * columns
             candidate_scores = torch.cat(candidates)
@@ -435,7 +441,12 @@ class PatchCore(Detector):
         worst = _segments_argmax(values, [1] * len(owners), owners, len(pictures))
         scores = self._image_scores(torch.cat(worst_features)[worst], values[worst], torch.cat(worst_found)[worst],
                                     self.bank_)
-        return list(zip(scores.tolist(), grids))
+        return list(zip(scores.tolist(), grids, nearest_rows))
+
+    def _good_patch_finder(self) -> GoodPatchFinder | None:
+        if self.bank_.positions is None or not len(self.training_images_):
+            return None
+        return GoodPatchFinder(self.bank_, self.training_images_, self.preprocessor_, reach=self.patch_size // 2 + 1)
 
     def _maps(self, grids: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         maps = super()._maps(grids, sizes)
@@ -448,8 +459,12 @@ class PatchCore(Detector):
 
     def _fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         state = {"n_patches_seen": self.n_patches_seen_, "coverage_radius": self.coverage_radius_,
-                 "repeated_training_images": self.repeated_images_}
+                 "repeated_training_images": self.repeated_images_,
+                 "training_images": self.training_images_.as_json()}
         arrays = {"memory_bank": self.memory_bank_}
+        if self.bank_.positions is not None:  # where each row came from: names the good patch nearest a region
+            arrays["bank_origins"] = self.bank_.origins.astype(np.int32)
+            arrays["bank_positions"] = self.bank_.positions.astype(np.int32)
         if self.roi_mask_ is not None:
             arrays["roi_mask"] = self.roi_mask_
         if self.index_.saves_state:  # trained indexes are saved, so loading never re-trains them
@@ -464,9 +479,19 @@ class PatchCore(Detector):
         self.feature_dim_ = self.extractor_.feature_dim
         if bank.ndim != 2 or bank.shape[1] != self.feature_dim_:
             raise ValueError(f"memory bank shape {bank.shape} does not match feature_dim {self.feature_dim_}")
-        # Which image each row came from is not saved: every row is an old one to a later partial_fit.
-        origins = None if self.sampler == "learned_proxies" else np.full(len(bank), UNKNOWN_ORIGIN, dtype=np.int64)
-        self.bank_ = MemoryBank(bank, origins).indexed(self._new_index(), self.device_, arrays.get("search_index"))
+        # Models saved before 2026-12-07 did not keep where each row came from: every row is an old one to a
+        # later partial_fit, and names no good patch beside a region.
+        origins, positions = arrays.get("bank_origins"), arrays.get("bank_positions")
+        if self.sampler == "learned_proxies":
+            origins = positions = None
+        elif origins is None or positions is None or not len(origins) == len(positions) == len(bank):
+            origins = np.full(len(bank), UNKNOWN_ORIGIN, dtype=np.int64)
+            positions = np.full((len(bank), 2), UNKNOWN_ORIGIN, dtype=np.int32)
+        else:
+            origins = origins.astype(np.int64)
+        self.bank_ = MemoryBank(bank, origins, positions).indexed(self._new_index(), self.device_,
+                                                                  arrays.get("search_index"))
+        self.training_images_ = TrainingImages.from_json(manifest.get("training_images"))
         mask = arrays.get("roi_mask")
         self.region_ = None if mask is None else RegionOfInterest(mask, self.preprocessor_)
         if mask is not None:
@@ -478,7 +503,8 @@ class PatchCore(Detector):
 
 
 def _name(item: ImageInput, number: int) -> str:
-    return str(item) if isinstance(item, (str, Path)) else f"image {number}"
+    """A training image's name: its absolute path (so that it is found again from another directory)."""
+    return str(Path(item).resolve()) if isinstance(item, (str, Path)) else f"image {number}"
 
 
 def _segments_argmax(values: torch.Tensor, counts: list[int], labels: list[int] | None = None,

@@ -210,6 +210,28 @@ class Preprocessor:
         """(rows, columns) of the image's patch grid."""
         return network_size[1] // self.stride, network_size[0] // self.stride
 
+    def _cell_size(self, size: tuple[int, int]) -> tuple[float, float, int, int]:
+        """(cell width, cell height) in original pixels of an image of (W, H) `size`, and the inspected box's
+        left and top."""
+        left, top, right, bottom = self.inspected_box(size)
+        rows, columns = self.grid_size(self.network_size(size))
+        return (right - left) / columns, (bottom - top) / rows, left, top
+
+    def cell_centres(self, size: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(x of each column's centre, y of each row's centre) of the patch grid of (rows, columns) `grid`, in
+        the original pixels of an image of (W, H) `size`."""
+        width, height, left, top = self._cell_size(size)
+        return left + (np.arange(grid[1]) + 0.5) * width, top + (np.arange(grid[0]) + 0.5) * height
+
+    def cell_box(self, size: tuple[int, int], row: int, column: int, reach: int = 0) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) in original pixels of grid cell (`row`, `column`) of an image of (W, H) `size`, and
+        `reach` cells each side (within the inspected box)."""
+        width, height, left, top = self._cell_size(size)
+        _, _, right, bottom = self.inspected_box(size)
+        return (max(left, round(left + (column - reach) * width)), max(top, round(top + (row - reach) * height)),
+                min(right, round(left + (column + 1 + reach) * width)),
+                min(bottom, round(top + (row + 1 + reach) * height)))
+
     def region_grid(self, mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """A region-of-interest mask (any size, True = inspect) as a boolean patch grid of an image of
         `size`: a patch is inside when at least half of its pixels are."""

@@ -37,7 +37,7 @@ class GreedyCoresetSampler(Sampler):
     def sample(self, patches: TrainingPatches) -> MemoryBank:
         rows = greedy_coreset(patches.features, self._size(patches), self.projection_dim, self.seed, self.device,
                               progress=self.progress)
-        return MemoryBank(patches.features[rows], patches.origins[rows])
+        return patches.bank(rows)
 
 
 class RandomSampler(Sampler):
@@ -45,7 +45,7 @@ class RandomSampler(Sampler):
 
     def sample(self, patches: TrainingPatches) -> MemoryBank:
         rows = random_subsample(len(patches), self._size(patches), self.seed)
-        return MemoryBank(patches.features[rows], patches.origins[rows])
+        return patches.bank(rows)
 
 
 class LearnedProxiesSampler(Sampler):
@@ -61,7 +61,7 @@ class KeepAll(Sampler):
     """Every patch (the full bank)."""
 
     def sample(self, patches: TrainingPatches) -> MemoryBank:
-        return MemoryBank(patches.features, patches.origins)
+        return patches.bank()
 
 
 SAMPLERS: dict[str, type[Sampler]] = {"greedy_coreset": GreedyCoresetSampler, "random": RandomSampler,

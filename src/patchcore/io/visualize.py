@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from patchcore.core.defect_regions import Region
+from patchcore.core.defect_regions import GoodPatch, Region
+from patchcore.core.references import Crop, patch_crops
 from patchcore.io.images import ImageInput, load_image
 from patchcore.io.files import atomic_write_bytes
 
@@ -105,6 +106,33 @@ def _outline(picture: Image.Image, regions: Sequence[Region], scale: float) -> N
     for region in regions:
         x0, y0, x1, y1 = (round(value * scale) for value in region.bbox)
         draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=REGION_COLOUR, width=width)
+
+
+# Patch crops are shown this many pixels on their longer side (enlarged with sharp pixels, or shrunk).
+PATCH_DISPLAY_SIDE = 192
+# The good training patch is outlined in green: "what normal looked like here".
+GOOD_PATCH_COLOUR = (0, 200, 0)
+
+
+def patch_pair_pngs(image: Image.Image, good: GoodPatch) -> tuple[bytes, bytes | None]:
+    """A region's worst patch (outlined in magenta) and the good training patch nearest to it (green) with their
+    surroundings, as PNG bytes enlarged for display; the second is None when the training image is not
+    readable here."""
+    query, reference = patch_crops(image.convert("RGB"), good)
+    return (_patch_png(query, REGION_COLOUR),
+            None if reference is None else _patch_png((reference[0].convert("RGB"), reference[1]), GOOD_PATCH_COLOUR))
+
+
+def _patch_png(crop: Crop, colour: tuple[int, int, int]) -> bytes:
+    picture, box = crop
+    scale = PATCH_DISPLAY_SIDE / max(picture.size)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    picture = picture.resize(size, Image.NEAREST if scale >= 1 else Image.BILINEAR)
+    x0, y0, x1, y1 = (round(value * scale) for value in box)
+    ImageDraw.Draw(picture).rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=3)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None) -> tuple[float, float]:
