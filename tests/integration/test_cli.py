@@ -23,12 +23,15 @@ def test_fit_then_predict_writes_scores_and_heatmaps(image_folder: Path, defect_
     (query / "b").mkdir()
     Image.fromarray(defect_crop[0]).save(query / "a" / "x.png")
     Image.fromarray(np.asarray(Image.open(next(image_folder.glob("*.png"))))).save(query / "b" / "x.png")
+    Image.fromarray(np.asarray(Image.open(next(image_folder.glob("*.png"))))).save(query / "b" / "x.tif")
     result = run("predict", tmp_path / "model", query, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "out" / "scores.json").read_text())
-    assert len(rows) == 2 and rows[0]["score"] > rows[1]["score"]  # a/x.png holds the defect
+    assert len(rows) == 3 and rows[0]["score"] > rows[1]["score"]  # a/x.png holds the defect
     heatmaps = sorted(p.name for p in (tmp_path / "out" / "heatmaps").iterdir())
-    assert heatmaps == ["a__x.png", "b__x.png"]  # same file names in two folders do not collide
+    # Same file names in two folders, or names that differ only by extension, do not collide.
+    assert heatmaps == ["a__x.png", "b__x_png.png", "b__x_tif.png"]
+    assert "and 3 heatmaps in" in result.output
     assert Image.open(tmp_path / "out" / "heatmaps" / "a__x.png").size == (128, 128)
     assert (tmp_path / "out" / "scores.csv").read_text().startswith("image,score")
 

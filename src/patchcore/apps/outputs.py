@@ -1,5 +1,5 @@
-"""Prediction outputs: the row a prediction becomes, the scores table on disk (CSV, JSON), collision-free output
-names, and the check that an output folder can be written."""
+"""Prediction outputs: the row a prediction becomes, the scores table on disk (CSV, JSON), and the check that an
+output folder can be written."""
 
 from __future__ import annotations
 
@@ -15,13 +15,6 @@ from patchcore.io.files import atomic_write_bytes
 
 # scores.csv's columns; scores.json's rows also list every region.
 PREDICTION_COLUMNS = ["image", "score", "normalised_score", "threshold", "decision", "n_regions", "largest_region_area"]
-
-
-def output_names(files: Sequence[Path]) -> list[str]:
-    """Unique names for outputs: the path relative to the inputs' common folder, '/' -> '__'."""
-    absolute = [file.absolute() for file in files]
-    common = Path(os.path.commonpath([p.parent for p in absolute])) if absolute else Path()
-    return [str(p.relative_to(common).with_suffix("")).replace(os.sep, "__") for p in absolute]
 
 
 def prediction_row(prediction: Prediction) -> dict:

@@ -17,7 +17,7 @@ from patchcore.data.categories import GOOD, Category, load_mask
 from patchcore.evaluation.metrics import PixelMetrics, SegmentationCounts, image_auroc, oracle_recall
 from patchcore.core.detector import Detector
 from patchcore.baselines.ensemble import Ensemble
-from patchcore.io.files import atomic_write_bytes
+from patchcore.io.files import atomic_write_bytes, output_names
 from patchcore.core.thresholds import f1_optimal_threshold
 from patchcore.io.visualize import overlay_png, write_overlay
 
@@ -93,6 +93,14 @@ def evaluate_category(
     return evaluate_fitted(category, model, time.perf_counter() - started, maps_dir, details)
 
 
+def _map_names(category: Category) -> dict[Path, str]:
+    """Each test image's heatmap name within its defect type's folder: unique, as `predict`'s are."""
+    by_type: dict[str, list[Path]] = {}
+    for sample in category.test_samples:
+        by_type.setdefault(sample.defect_type, []).append(sample.image)
+    return {image: name for images in by_type.values() for image, name in zip(images, output_names(images))}
+
+
 def evaluate_fitted(
     category: Category,
     model: Detector | Ensemble,
@@ -107,6 +115,7 @@ def evaluate_fitted(
     labels, scores, types, peak_hits, region_hits, good_regions = [], [], [], [], [], []
     started = time.perf_counter()
     predictions = model.iter_predict([s.image for s in category.test_samples])
+    map_names = _map_names(category) if maps_dir is not None else {}
     for sample, prediction in zip(category.test_samples, predictions):
         labels.append(int(sample.is_anomalous))
         scores.append(prediction.score)
@@ -126,7 +135,7 @@ def evaluate_fitted(
             good_regions.append(len(prediction.regions))
         if maps_dir is not None:
             folder = maps_dir / category.name / sample.defect_type
-            write_overlay(folder / f"{sample.image.stem}.png", sample.image, prediction.anomaly_map,
+            write_overlay(folder / f"{map_names[sample.image]}.png", sample.image, prediction.anomaly_map,
                           model.nominal_map_range_, regions=prediction.regions)
     inference_seconds = time.perf_counter() - started
     labels, scores = np.array(labels), np.array(scores)

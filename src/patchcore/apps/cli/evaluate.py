@@ -130,7 +130,8 @@ def demo(out_dir: Path, category: str, device: str | None) -> None:
     from patchcore.core.patchcore import PatchCore
     from patchcore.data.offline import build_offline_benchmarks
     from patchcore.io.images import collect_images
-    from patchcore.apps.outputs import check_writable_folder, output_names, write_scores
+    from patchcore.apps.outputs import check_writable_folder, write_scores
+    from patchcore.io.files import output_names
 
     check_writable_folder(out_dir)
     data_root = build_offline_benchmarks(out_dir / "data", (category,))

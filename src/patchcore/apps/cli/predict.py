@@ -36,7 +36,8 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     from patchcore.apps.jobs import summary_line
     from patchcore.core.thresholds import validate_false_alarm_rate
     from patchcore.io.images import collect_images
-    from patchcore.apps.outputs import ScoresWriter, check_writable_folder, output_names
+    from patchcore.apps.outputs import ScoresWriter, check_writable_folder
+    from patchcore.io.files import output_names
 
     check_writable_folder(out_dir)
     if false_alarm_rate is not None:
