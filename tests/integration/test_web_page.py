@@ -142,3 +142,12 @@ def test_a_wide_strip_gets_the_whole_row_with_its_overlay_below(page, good_test_
     original, overlay = card.locator("img.original").bounding_box(), card.locator("img.overlay").bounding_box()
     assert overlay["y"] > original["y"] + original["height"] - 1  # below, not beside
     assert overlay["width"] > 0.9 * card.bounding_box()["width"]
+
+
+def test_the_api_docs_page_renders_every_operation(page, server_url) -> None:
+    # Swagger UI 4 loaded its files here too, then said "Unable to render this definition" (OpenAPI 3.1).
+    page.goto(server_url + "docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/predict", "/feedback", "/health", "/models"} <= {path.strip() for path in paths}
+    assert page.locator("text=Unable to render this definition").count() == 0

@@ -313,24 +313,26 @@ def _add_good_patch_pictures(rows: list[dict], regions: list, picture) -> None:
 
 
 def _serve_docs_offline(app: FastAPI) -> None:
-    """Swagger UI at /docs from the files the swagger-ui-bundle package installs: FastAPI's default page
-    loads them from a CDN and stays blank without internet. /openapi.json is the schema either way."""
+    """Swagger UI at /docs from the files the fastapi-offline package installs (Swagger UI 5, which reads the
+    OpenAPI 3.1 schema FastAPI writes): FastAPI's default page loads them from a CDN and stays blank without
+    internet. /openapi.json is the schema either way."""
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        import fastapi_offline
     except ImportError:
         @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
         def docs_missing() -> str:
-            return ("<p>The API schema is at <a href='openapi.json'>/openapi.json</a>; install swagger-ui-bundle "
+            return ("<p>The API schema is at <a href='openapi.json'>/openapi.json</a>; install fastapi-offline "
                     "for the interactive page here.</p>")
         return
-    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - API",
                                    swagger_js_url="docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="docs-assets/favicon-32x32.png")
+                                   swagger_favicon_url="docs-assets/favicon.png")
 
 
 def summary(served: ServedModel) -> dict:
