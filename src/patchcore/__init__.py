@@ -31,6 +31,7 @@ _EXPORTS = {
     "WeightsError": "patchcore.errors",
     "ModelFileError": "patchcore.errors",
     "NotFittedError": "patchcore.errors",
+    "PatchCoreWarning": "patchcore.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from patchcore.core.detector import Detector, Prediction
     from patchcore.core.patchcore import PatchCore
     from patchcore.errors import (DatasetError, ImageLoadError, ModelFileError, NotFittedError, PatchCoreError,
-                                  WeightsError)
+                                  PatchCoreWarning, WeightsError)
     from patchcore.methods import METHODS, PRESETS, load_model
     from patchcore.search import make_index
 

@@ -27,3 +27,8 @@ class ModelFileError(PatchCoreError):
 
 class NotFittedError(PatchCoreError):
     """A model was used before `fit` or `load`."""
+
+
+class PatchCoreWarning(UserWarning):
+    """Something the library did that may not be what was meant (e.g. one working size for images of very
+    different sizes); the command line prints these as `warning:` lines."""

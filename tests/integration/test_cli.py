@@ -265,3 +265,15 @@ def test_regions_reach_scores_heatmaps_and_the_size_rule(tmp_path: Path) -> None
     row = json.loads((tmp_path / "out3" / "scores.json").read_text())[0]
     assert row["decision"] == "defect"
     assert row["regions"][0]["area_mm2"] == pytest.approx(row["regions"][0]["area"] * 0.0025)
+
+
+def test_fit_warns_in_one_line_when_training_sizes_spread_widely(train_crops, tmp_path: Path) -> None:
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i, crop in enumerate(train_crops[:4]):
+        Image.fromarray(crop).save(folder / f"large_{i}.png")
+        Image.fromarray(crop[:40, :40]).save(folder / f"small_{i}.png")
+    result = run("fit", folder, "--out", tmp_path / "model", "--coreset-ratio", "0.1", "--threshold-folds", "2")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "apart" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: the training images range from 40 x 40")

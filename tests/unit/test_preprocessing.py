@@ -199,3 +199,18 @@ def test_the_cli_and_service_read_16_bit_images_with_the_models_bit_depth(tmp_pa
     assert run.exit_code == 0, run.output
     scores = json.loads((tmp_path / "o" / "scores.json").read_text())
     assert scores[0]["score"] == pytest.approx(model.predict([np.full((64, 96, 3), 255, dtype=np.uint8)])[0].score, rel=1e-5)
+
+
+def test_training_images_of_very_different_sizes_are_warned_about(train_crops) -> None:
+    import warnings
+
+    from patchcore import PatchCore, PatchCoreWarning
+
+    small = [crop[:64, :64] for crop in train_crops[:4]]  # 64 px beside 128 px: 2x apart is still quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PatchCoreWarning)
+        PatchCore(coreset_ratio=0.1, threshold_folds=2).fit(small + list(train_crops[:4]))
+    tiny = [crop[:40, :40] for crop in train_crops[:4]]
+    with pytest.warns(PatchCoreWarning, match=r"from 40 x 40 \(enlarged 6\.4x\) to 128 x 128 px \(enlarged 2\.0x\), "
+                                              r"3x apart.*--image-size"):
+        PatchCore(coreset_ratio=0.1, threshold_folds=2).fit(tiny + list(train_crops[:4]))

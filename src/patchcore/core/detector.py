@@ -3,6 +3,7 @@ pipeline built from the parameters, and the nominal calibration; saving and load
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from patchcore.core.references import GoodPatchFinder
 from patchcore.core.replay import GraphReplay
 from patchcore.core.scoring import anomaly_maps, map_operators
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATES, Threshold
-from patchcore.errors import ImageLoadError
+from patchcore.errors import ImageLoadError, PatchCoreWarning
 from patchcore.io.images import ImageInput, collect_images, read_image_size
 from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
 from patchcore.params import OneOf, Range, check_params, comma_list, param
@@ -269,6 +270,9 @@ class Detector(BaseEstimator, Calibrated, ABC):
         # The most common training size: what the exported graph takes, and what the manifest reports.
         self.training_size_ = max(set(sizes), key=sizes.count)
         self._build_pipeline(load_backbone(self.backbone, self.weights), self.image_size or choose_working_side(sizes))
+        spread = self.preprocessor_.size_spread_warning(sizes)
+        if spread is not None:
+            warnings.warn(spread, PatchCoreWarning, stacklevel=2)
         n_skipped = len(self.skipped_images_)
         self.excluded_images_: list[str] = []
         calibration = self._fit_items(train_items, self._loop(skipped), cross_fit=not holdout_items)

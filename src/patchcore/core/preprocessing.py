@@ -31,6 +31,9 @@ MIN_WORKING_SIDE = 64
 # is an area, not a side, so a line-scan strip keeps its resolution across (docs/results.md).
 MIN_AUTO_SIDE = 256
 MAX_AUTO_PIXELS = 2048 * 2048
+# Training images whose longer sides differ by more than this factor are warned about: one working size cannot
+# suit both ends (100 px and 3000 px cells at 1552 px: the small ones enlarged 15x, and their defects missed).
+SIZE_SPREAD_WARNING = 2.0
 # Context the network sees beyond the patches a tile keeps (each side, working pixels): the tiles
 # overlap by twice this, so no kept patch is computed near a tile's cut edge.
 TILE_MARGIN = 64
@@ -171,6 +174,23 @@ class Preprocessor:
         tiles = len(self.tiles(network))
         return (f"inspects {size[0]} x {size[1]} images at {working[0]} x {working[1]} px ({how}{crop}), "
                 f"{tiles} tile{'s' if tiles > 1 else ''} each")
+
+    def size_spread_warning(self, sizes: Sequence[tuple[int, int]]) -> str | None:
+        """A warning when the (width, height) `sizes` of the training images spread more than
+        SIZE_SPREAD_WARNING times on their longer side, saying what the working size does to each end."""
+        smallest, largest = min(sizes, key=max), max(sizes, key=max)
+        if max(largest) <= SIZE_SPREAD_WARNING * max(smallest):
+            return None
+
+        def scale(size: tuple[int, int]) -> str:
+            factor = max(self.working_size(size)) / max(size)
+            return "native" if abs(factor - 1) < 0.02 else f"{'enlarged' if factor > 1 else 'shrunk'} " \
+                                                            f"{max(factor, 1 / factor):.1f}x"
+
+        return (f"the training images range from {smallest[0]} x {smallest[1]} ({scale(smallest)}) to {largest[0]} x "
+                f"{largest[1]} px ({scale(largest)}), {max(largest) / max(smallest):.0f}x apart: one working size "
+                "cannot suit both, and defects of the resized images are missed. Fit one model per image size, or "
+                "set the working size yourself (--image-size, image_size=)")
 
     def network_pixels(self, image: Image.Image) -> np.ndarray:
         """(H, W, 3) uint8 of what the network sees: the working image, or its centre crop."""

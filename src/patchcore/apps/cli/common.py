@@ -5,13 +5,14 @@ never imports torch), the Ray and ensemble options, and the lines every command 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from patchcore.errors import PatchCoreError
+from patchcore.errors import PatchCoreError, PatchCoreWarning
 from patchcore.params import CLI, HELP, PARSE, declared, value_type
 
 SKIP_BAD_HELP = "Skip files that are not readable images (each listed, with why) instead of stopping at the first."
@@ -119,6 +120,24 @@ def declared_command(group: click.Group, declared_names: Sequence[str] | None = 
 @click.version_option(package_name="patchcore")
 def main() -> None:
     """PatchCore anomaly detection: fit on good images, then score and locate defects."""
+    _show_library_warnings_as_lines()
+
+
+def _show_library_warnings_as_lines() -> None:
+    """The library's warnings (PatchCoreWarning) as one `warning: ...` line on stderr, every time, without the file
+    and line a Python warning names; other warnings as Python shows them."""
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", PatchCoreWarning)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, PatchCoreWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
 
 
 def build(options: dict[str, Any]):
