@@ -277,3 +277,17 @@ def test_fit_warns_in_one_line_when_training_sizes_spread_widely(train_crops, tm
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "apart" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: the training images range from 40 x 40")
+
+
+def test_decide_stores_a_new_rate_as_a_version_that_rollback_undoes(image_folder: Path, tmp_path: Path) -> None:
+    assert run("fit", image_folder, "--out", tmp_path / "model", "--coreset-ratio", "0.05").exit_code == 0
+    result = run("decide", tmp_path / "model", "--false-alarm-rate", "0.2", "--min-defect-area", "50")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("version 2 of ") and "false_alarm_rate 0.2, min_defect_area 50.0" in result.output
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["params"]["false_alarm_rate"] == 0.2 and manifest["params"]["min_defect_area"] == 50.0
+    assert manifest["change"]["action"] == "decide"
+    assert run("rollback", tmp_path / "model", "1").exit_code == 0
+    assert json.loads((tmp_path / "model" / "manifest.json").read_text())["params"]["false_alarm_rate"] == 0.01
+    refused = run("decide", tmp_path / "model", "--false-alarm-rate", "1.5")
+    assert refused.exit_code == 2 and "false_alarm_rate must be in (0, 1)" in refused.output

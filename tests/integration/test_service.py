@@ -188,3 +188,23 @@ def test_tiff_and_16_bit_originals_come_back_as_png(client) -> None:
     original = Image.open(io.BytesIO(base64.b64decode(response.json()["original_png_base64"])))
     assert original.format == "PNG" and original.size == (128, 96) and original.mode == "RGB"
     assert np.asarray(original)[-1, -1, 0] == round(61_435 / 65_535 * 255)  # scaled by 16 bits, as the model saw it
+
+
+def test_a_false_alarm_rate_can_be_chosen_for_the_service_and_per_request(model_dir: Path, fitted_model,
+                                                                          defect_crop) -> None:
+    served = load_models([str(model_dir), f"second={model_dir}"], rates=["0.2", "second=0.5"])
+    assert (served["brick"].rate, served["second"].rate) == (0.2, 0.5)
+    client = TestClient(create_app(served))
+    listed = {model["name"]: model for model in client.get("/models").json()}
+    assert listed["second"]["false_alarm_rate"] == 0.5
+    assert listed["second"]["threshold"] == fitted_model.decision_threshold(0.5).value
+    image = ("defect.png", png_bytes(defect_crop[0]), "image/png")
+    body = client.post("/predict?model=second", files={"image": image}).json()
+    assert body["false_alarm_rate"] == 0.5 and body["threshold"] == fitted_model.decision_threshold(0.5).value
+    body = client.post("/predict?model=second&false_alarm_rate=0.3", files={"image": image}).json()
+    assert body["false_alarm_rate"] == 0.3 and body["threshold"] == fitted_model.decision_threshold(0.3).value
+    assert client.post("/predict?model=second&false_alarm_rate=1.5", files={"image": image}).status_code == 422
+    with pytest.raises(ValueError, match="no model is named 'third'"):
+        load_models([str(model_dir)], rates=["third=0.1"])
+    with pytest.raises(ValueError, match="RATE or NAME=RATE"):
+        load_models([str(model_dir)], rates=["often"])

@@ -40,6 +40,12 @@ class ServedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_SCORES))
     refused_version: int | None = None
+    false_alarm_rate: float | None = None  # `serve --false-alarm-rate`: kept across reloads; None: the model's own
+
+    @property
+    def rate(self) -> float:
+        """The false-alarm rate decisions are made at: the one the service was given, else the model's own."""
+        return self.model.false_alarm_rate if self.false_alarm_rate is None else self.false_alarm_rate
 
     @property
     def version(self) -> int:

@@ -8,6 +8,7 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -24,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from patchcore import __version__
 from patchcore.apps.live import ServedModel, ServiceMetrics, VersionWatcher, without_paths
 from patchcore.apps.outputs import prediction_row
+from patchcore.core.thresholds import validate_false_alarm_rate
 from patchcore.errors import ImageLoadError, ImageTooLargeError, PatchCoreError
 from patchcore.io.images import decode_image
 from patchcore.io.visualize import legend_html, overlay_png, patch_pair_pngs, preview_png
@@ -50,8 +52,9 @@ def parse_model_argument(argument: str) -> tuple[str, Path]:
     return name, Path(directory)
 
 
-def load_models(arguments: list[str], device: str | None = None) -> dict[str, ServedModel]:
-    """Load every model once, failing before the server starts if any is missing or broken."""
+def load_models(arguments: list[str], device: str | None = None, rates: Sequence[str] = ()) -> dict[str, ServedModel]:
+    """Load every model once, failing before the server starts if any is missing or broken; `rates`: false-alarm
+    rates to decide at instead of the models' own, 'RATE' for every model or 'NAME=RATE'."""
     served: dict[str, ServedModel] = {}
     for argument in arguments:
         name, directory = parse_model_argument(argument)
@@ -60,7 +63,26 @@ def load_models(arguments: list[str], device: str | None = None) -> dict[str, Se
         served[name] = ServedModel(name, load_model(directory, device=device), directory=directory, device=device)
     if not served:
         raise ValueError("no model to serve")
+    for name, rate in parse_rate_arguments(rates, list(served)).items():
+        served[name].false_alarm_rate = rate
     return served
+
+
+def parse_rate_arguments(arguments: Sequence[str], names: list[str]) -> dict[str, float]:
+    """'RATE' (every model) or 'NAME=RATE' -> {name: rate}; a NAME=RATE wins over a RATE for all."""
+    rates: dict[str, float] = {}
+    for argument in sorted(arguments, key=lambda text: "=" in text):  # the ones for all first
+        name, separator, text = argument.rpartition("=")
+        if separator and name not in names:
+            raise ValueError(f"--false-alarm-rate {argument}: no model is named {name!r} (served: {', '.join(names)})")
+        try:
+            rate = float(text)
+            validate_false_alarm_rate(rate)
+        except ValueError as error:
+            raise ValueError(f"--false-alarm-rate {argument}: give RATE or NAME=RATE with 0 < RATE < 1 "
+                             f"({error})") from None
+        rates.update({name: rate} if separator else dict.fromkeys(names, rate))
+    return rates
 
 
 class BodySizeLimit:
@@ -256,6 +278,8 @@ def create_app(
         original: bool = Query(False, description="Include the image as the model saw it, as a base64 PNG"),
         good_patches: bool = Query(True, description="Include, for the largest regions, their worst patch and the "
                                                      "nearest good training patch as base64 PNGs"),
+        false_alarm_rate: float | None = Query(None, gt=0, lt=1, description="Decide at this false-alarm rate "
+                                               "instead of the served one"),
     ) -> dict:
         authorise(request)
         served = choose(model)
@@ -265,7 +289,8 @@ def create_app(
         try:
             with served.lock:
                 live = served.model  # a reload swaps models only between requests
-                prediction = live.predict([picture])[0]
+                rate = served.rate if false_alarm_rate is None else false_alarm_rate
+                prediction = live.predict([picture], false_alarm_rate=rate)[0]
                 served.recent.append(prediction.score)
         except PatchCoreError as error:
             raise HTTPException(422, f"{name}: {error}") from error
@@ -280,7 +305,7 @@ def create_app(
             "width": picture.width,
             "height": picture.height,
             **row,
-            "false_alarm_rate": live.false_alarm_rate,
+            "false_alarm_rate": rate,
             "is_anomalous": prediction.is_anomalous,
             "seconds": time.perf_counter() - started,
         }
@@ -336,7 +361,7 @@ def _serve_docs_offline(app: FastAPI) -> None:
 
 
 def summary(served: ServedModel) -> dict:
-    threshold = served.model.decision_threshold()
+    threshold = served.model.decision_threshold(served.rate)
     return {
         "name": served.name,
         "version": served.version,
@@ -344,5 +369,5 @@ def summary(served: ServedModel) -> dict:
         "backbone": served.model.backbone,
         "n_train_images": served.model.n_train_images_,
         "threshold": None if threshold is None else threshold.value,
-        "false_alarm_rate": served.model.false_alarm_rate,
+        "false_alarm_rate": served.rate,
     }

@@ -1,4 +1,5 @@
-"""Commands on saved models: `serve` them, `export` to ONNX, list `versions`, `rollback`; and list the `backbones`."""
+"""Commands on saved models: `serve` them, `export` to ONNX, list `versions`, change how they `decide`, `rollback`;
+and list the `backbones`."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
               show_default=True, help="'info' logs every request (access log); 'warning' only problems.")
 @click.option("--reload-interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds between looks for new versions of the model directories (0: never reload).")
+@click.option("--false-alarm-rate", "rates", multiple=True, metavar="RATE|NAME=RATE",
+              help="Decide at this false-alarm rate instead of the model's own: RATE for every model, NAME=RATE for "
+                   "one (repeat the option). /predict?false_alarm_rate= overrides it per request.")
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
-          max_megapixels: float, body_timeout: float, log_level: str, reload_interval: float,
+          max_megapixels: float, body_timeout: float, log_level: str, reload_interval: float, rates: tuple[str, ...],
           device: str | None) -> None:
     """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
 
@@ -53,14 +57,15 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
         reason = "already in use" if error.errno == errno.EADDRINUSE else error.strerror
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
     try:
-        loaded = load_models(list(models), device=device)
+        loaded = load_models(list(models), device=device, rates=rates)
     except ValueError as error:
         listening.close()
         raise click.UsageError(str(error)) from error
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")  # as uvicorn's lines
     app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1024 * 1024), api_key=api_key,
                      body_timeout=body_timeout, max_megapixels=max_megapixels, reload_interval=reload_interval)
-    click.echo(f"serving {', '.join(loaded)} on http://{host}:{port}/")
+    click.echo(f"serving {', '.join(f'{name} (false alarms {served.rate:.1%})' for name, served in loaded.items())} "
+               f"on http://{host}:{port}/")
     # Idle keep-alive connections are closed after 5 s; at most 64 requests are in flight at once.
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=64)
     uvicorn.Server(config).run(sockets=[listening])
@@ -111,6 +116,43 @@ def versions(model_dir: Path) -> None:
         what = ", ".join(f"{key} {value}" for key, value in change.items() if key != "action")
         click.echo(f"{'*' if entry['current'] else ' '} {entry['version']:>3}  saved {entry['saved']}  "
                    f"{change.get('action', 'save'):<8} {what}")
+
+
+@declared_command(main, declared_names=("false_alarm_rate", "min_defect_area", "pixel_size"))
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--keep", type=click.IntRange(min=0), default=DEFAULT_KEEP_VERSIONS, show_default=True,
+              help="Earlier versions kept.")
+def decide(model_dir: Path, keep: int, false_alarm_rate: float | None, min_defect_area: float | None,
+           pixel_size: float | None) -> None:
+    """Store how the model in MODEL_DIR decides (its false-alarm rate, the size rule) as a new version, without
+    refitting: `predict`, `serve` and a reloading service then decide so; `rollback` undoes it."""
+    from patchcore.core.thresholds import validate_false_alarm_rate
+    from patchcore.methods import load_model
+
+    changes = {name: value for name, value in [("false_alarm_rate", false_alarm_rate),
+                                                ("min_defect_area", min_defect_area), ("pixel_size", pixel_size)]
+               if value is not None}
+    if not changes:
+        raise click.UsageError("nothing to change: give --false-alarm-rate, --min-defect-area or --pixel-size")
+    model = load_model(model_dir)
+    unknown = [name for name in changes if name not in model.get_params()]
+    if unknown:
+        raise click.UsageError(f"{model_dir}: a {model.method} model has no "
+                               + ", ".join("--" + name.replace("_", "-") for name in unknown))
+    before = model.decision_threshold()
+    model.set_params(**changes)
+    try:
+        validate_false_alarm_rate(model.false_alarm_rate)
+        if hasattr(model, "_check_params"):  # a Detector's other parameters (an Ensemble has only the rate)
+            model._check_params()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    model.change_ = {"action": "decide", **changes}
+    model.save(model_dir, keep_versions=keep)
+    after = model.decision_threshold()
+    what = ", ".join(f"{name} {value}" for name, value in changes.items())
+    moved = "" if before is None or after is None else f"; threshold {before.value:.4f} -> {after.value:.4f}"
+    click.echo(f"version {model.manifest_['version']} of {model_dir}: {what}{moved}")
 
 
 @main.command()
