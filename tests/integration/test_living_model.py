@@ -106,10 +106,14 @@ def test_feedback_round_trip_and_update_from_it(line, tmp_path: Path) -> None:
     response = client.post("/feedback", files=image, headers={"X-API-Key": "k3y"})
     assert response.status_code == 200 and response.json()["pending"] == 1
     client.post("/feedback", files={"image": ("b.png", png(held[1]), "image/png")}, headers={"X-API-Key": "k3y"})
+    again = client.post("/feedback", files={"image": ("again.png", png(held[0]), "image/png")},
+                        headers={"X-API-Key": "k3y"}).json()
+    assert again["already_waiting"] and again["pending"] == 2 and again["stored"] == response.json()["stored"]
     bad = client.post("/feedback", files={"image": ("x.png", b"not an image", "image/png")}, headers={"X-API-Key": "k3y"})
     assert bad.status_code == 422 and "x.png: not a readable image" in bad.json()["error"]
     listed = client.get("/feedback", headers={"X-API-Key": "k3y"}).json()["images"]
     assert len(listed) == 2 and all(entry["name"].endswith(".png") for entry in listed)
+    (model_dir / "feedback" / "copied by hand.png").write_bytes(png(held[1]))  # the same content, another name
 
     result = CliRunner().invoke(main, ["update", str(model_dir), "--from-feedback"], catch_exceptions=False)
     assert result.exit_code == 0 and "added 2 images (2 from feedback)" in result.output, result.output

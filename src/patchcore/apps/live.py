@@ -85,15 +85,20 @@ class ServedModel:
         log.warning("model %s: now serving version %s (was %s)", self.name, self.version, old)
         return True
 
-    def store_feedback(self, data: bytes, filename: str) -> str:
+    def store_feedback(self, data: bytes, filename: str) -> tuple[str, bool]:
         """Keep an image an operator marked as good in the model's feedback folder (never in the model
-        itself: `patchcore update --from-feedback` applies them). Returns the stored name."""
+        itself: `patchcore update --from-feedback` applies them), once per content. Returns the stored name and
+        whether it is new (False: the same image was already waiting)."""
         if self.directory is None:
             raise ModelFileError(f"model {self.name!r} was not loaded from a directory: no feedback folder")
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        waiting = [file for file in feedback_files(self.directory) if file.stem.endswith(f"-{digest}")]
+        if waiting:
+            return waiting[0].name, False
         suffix = Path(filename).suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,5}", Path(filename).suffix) else ""
-        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
+        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}{suffix}"
         atomic_write_bytes(self.directory / FEEDBACK / name, data)
-        return name
+        return name, True
 
     def feedback(self) -> list[dict[str, Any]]:
         files = [] if self.directory is None else feedback_files(self.directory)

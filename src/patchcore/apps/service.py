@@ -248,10 +248,10 @@ def create_app(
         data = image.file.read()
         decoded(data, name, served)  # only readable images are kept
         try:
-            stored = served.store_feedback(data, name)
+            stored, new = served.store_feedback(data, name)
         except PatchCoreError as error:
             raise HTTPException(409, str(error)) from error
-        return {"model": served.name, "stored": stored, "pending": len(served.feedback())}
+        return {"model": served.name, "stored": stored, "already_waiting": not new, "pending": len(served.feedback())}
 
     @app.get("/feedback")
     def list_feedback(request: Request, model: str | None = Query(None, description="Model name")) -> dict:

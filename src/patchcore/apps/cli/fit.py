@@ -126,11 +126,13 @@ def update(model_dir: Path, images: tuple[Path, ...], from_feedback: bool, keep:
     model before the update is kept as a version (`patchcore versions`, `patchcore rollback`)."""
     from patchcore.core.patchcore import PatchCore
     from patchcore.io.images import collect_images
+    from patchcore.io.files import file_sha256
     from patchcore.io.persistence import feedback_files
     from patchcore.methods import load_model
 
     files = collect_images(list(images)) if images else []
-    feedback = feedback_files(model_dir) if from_feedback else []
+    waiting = feedback_files(model_dir) if from_feedback else []
+    feedback = list({file_sha256(file): file for file in reversed(waiting)}.values())[::-1]  # once per content
     if not files and not feedback:
         raise click.UsageError("nothing to add: give IMAGES, or --from-feedback with images in the feedback folder")
     model = load_model(model_dir, device=device)
@@ -143,7 +145,7 @@ def update(model_dir: Path, images: tuple[Path, ...], from_feedback: bool, keep:
     if feedback:
         model.change_["from_feedback"] = [f.name for f in feedback]
     model.save(model_dir, keep_versions=keep)
-    for file in feedback:  # applied: the saved version lists them
+    for file in waiting:  # applied (copies of one image once): the saved version lists them
         file.unlink(missing_ok=True)
     change = model.manifest_["change"]
     click.echo(f"version {model.manifest_['version']}: added {change['images_added']} images"
