@@ -25,6 +25,7 @@ _EXPORTS = {
     "METHODS": "patchcore.methods",
     "PRESETS": "patchcore.methods",
     "make_index": "patchcore.search",
+    "overlay_image": "patchcore.io.visualize",
     "PatchCoreError": "patchcore.errors",
     "ImageLoadError": "patchcore.errors",
     "DatasetError": "patchcore.errors",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from patchcore.errors import (DatasetError, ImageLoadError, ModelFileError, NotFittedError, PatchCoreError,
                                   PatchCoreWarning, WeightsError)
     from patchcore.methods import METHODS, PRESETS, load_model
+    from patchcore.io.visualize import overlay_image
     from patchcore.search import make_index
 
 

@@ -148,3 +148,43 @@ def test_help_does_not_import_torch() -> None:
             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "Usage: " in output and output.strip().endswith("torch not loaded")
+
+
+def test_torch_tensors_are_images_like_arrays(fitted_model, good_test_crops, defect_crop) -> None:
+    import torch
+
+    from patchcore import ImageLoadError
+
+    crops = np.stack([good_test_crops[0], defect_crop[0]])
+    expected = fitted_model.score_samples(list(crops))
+    assert crops.ndim == 3  # grey photos: (B, H, W)
+    batch = torch.from_numpy(crops)[:, None]  # (B, 1, H, W) uint8
+    np.testing.assert_allclose(fitted_model.score_samples(batch), expected, rtol=1e-5)
+    np.testing.assert_allclose(fitted_model.score_samples(batch.float() / 255), expected, rtol=1e-4)  # [0, 1]
+    assert len(fitted_model.predict(batch[1])) == 1  # one (C, H, W) tensor is one image
+    with pytest.raises(ImageLoadError, match="not a normalised tensor"):
+        fitted_model.score_samples((batch.float() / 255 - 0.45) / 0.22)
+
+
+def test_decision_function_is_the_distance_to_the_threshold_positive_for_defects(fitted_model, good_test_crops,
+                                                                               defect_crop) -> None:
+    calmest = good_test_crops[int(np.argmin(fitted_model.score_samples(good_test_crops)))]
+    images = [calmest, defect_crop[0]]
+    margins = fitted_model.decision_function(images)
+    scores = fitted_model.score_samples(images)
+    np.testing.assert_allclose(margins, scores - fitted_model.decision_threshold().value)
+    assert margins[1] > max(margins[0], 0)
+    assert [p.is_anomalous for p in fitted_model.predict(images)] == [bool(m > 0) for m in margins]
+    looser = fitted_model.decision_function(images, false_alarm_rate=0.3)
+    assert (looser >= margins).all()
+
+
+def test_the_overlay_predict_writes_is_one_call_away(fitted_model, defect_crop) -> None:
+    from patchcore import overlay_image
+
+    prediction = fitted_model.predict(defect_crop[0])[0]  # one image in: a list of one Prediction
+    picture = overlay_image(defect_crop[0], prediction, fitted_model)
+    assert picture.size == (128, 128) and picture.mode == "RGB"
+    pixels = np.asarray(picture)
+    assert ((pixels == (255, 0, 255)).all(axis=-1)).any()  # the defect region outlined
+    assert not np.array_equal(pixels, defect_crop[0])  # coloured

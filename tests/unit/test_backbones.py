@@ -45,8 +45,9 @@ def test_wide_resnet_taps_have_the_papers_shapes() -> None:
 
 
 def test_resnet_without_weights_names_the_ways_to_get_them() -> None:
-    with pytest.raises(WeightsError, match="--weights FILE"):
+    with pytest.raises(WeightsError, match="give weights=FILE .command line: --weights FILE.") as raised:
         load_backbone("wide_resnet50_2")
+    assert "weights='random'" in str(raised.value)  # the Python argument, as a Python user writes it
 
 
 def test_weights_file_by_path_round_trips(tmp_path: Path) -> None:

@@ -159,10 +159,10 @@ def _resolve_weights_path(spec: BackboneSpec, weights: str | Path | None) -> Pat
     if weights is None:
         if spec.packaged_weights is None:
             raise WeightsError(
-                f"backbone {spec.name!r} has no weights installable offline: pass --weights FILE "
-                f"(a torchvision-format state dict such as {Path(spec.torch_hub_url or '').name}), "
-                f"--weights {TORCH_HUB_WEIGHTS} to use torch hub's cache (downloads if missing), "
-                f"or --weights {RANDOM_WEIGHTS} for untrained weights (tests only)"
+                f"backbone {spec.name!r} has no weights installable offline: give weights=FILE (command line: "
+                f"--weights FILE), a torchvision-format state dict such as {Path(spec.torch_hub_url or '').name}; "
+                f"weights={TORCH_HUB_WEIGHTS!r} to use torch hub's cache (downloads if missing), "
+                f"or weights={RANDOM_WEIGHTS!r} for untrained weights (tests only)"
             )
         return _packaged_weights_path(spec.packaged_weights)
     if weights == TORCH_HUB_WEIGHTS:
@@ -196,7 +196,7 @@ def _torch_hub_weights_path(spec: BackboneSpec) -> Path:
         except Exception as error:  # network errors come in many types
             raise WeightsError(
                 f"{path}: not in torch hub's cache and the download from {spec.torch_hub_url} failed "
-                f"({error}); pass --weights FILE instead"
+                f"({error}); give weights=FILE (command line: --weights FILE) instead"
             ) from error
     return path
 

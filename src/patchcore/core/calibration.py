@@ -135,6 +135,15 @@ class Calibrated:
         self._check_fitted()
         return self.calibration_.threshold(self._rate(false_alarm_rate))
 
+    def decision_function(self, images, false_alarm_rate: float | None = None) -> np.ndarray:
+        """Each image's score minus the threshold at `false_alarm_rate` (default: the model's own): positive is a
+        defect, negative good, its size how far from the line. The sign follows `score_samples` (higher is more
+        anomalous), the opposite of scikit-learn's outlier detectors, where negative means outlier."""
+        threshold = self.decision_threshold(false_alarm_rate)
+        if threshold is None:
+            raise ValueError("this model has no threshold (no good images were scored to set one): use score_samples")
+        return self.score_samples(images) - threshold.value
+
     def nominal_warnings(self, false_alarm_rate: float | None = None) -> list[str]:
         """What limits the threshold: too few nominal scores for the false-alarm rate, or none at all."""
         self._check_fitted()

@@ -168,18 +168,48 @@ def is_mvtec_category(folder: Path) -> bool:
     return (folder / "train" / "good").is_dir()
 
 
+def _is_tensor(value: object) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def tensor_images(tensor) -> list[np.ndarray]:
+    """A torch tensor as images: (H, W), (C, H, W) or (B, C, H, W) with C 1 or 3, on any device; uint8, or
+    float in [0, 1] (a normalised tensor, with the backbone's mean and std already applied, is refused)."""
+    array = tensor.detach().cpu().numpy()
+    if array.ndim == 2:
+        array = array[None, None]
+    elif array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise ImageLoadError(f"a tensor of shape {tuple(tensor.shape)} is not images: give (H, W), (C, H, W) or "
+                             "(B, C, H, W) with 1 or 3 channels")
+    if np.issubdtype(array.dtype, np.floating):
+        low, high = float(array.min()), float(array.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ImageLoadError(f"a float tensor with values from {low:.3g} to {high:.3g}: give pixels in [0, 1] "
+                                 "(or uint8), not a normalised tensor")
+        array = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    images = np.moveaxis(array, 1, -1)
+    return [image[..., 0] if image.shape[-1] == 1 else image for image in images]
+
+
 def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = False) -> list[ImageInput]:
     """The one way the library, CLI, service and Ray turn what a user gives into a list of images.
 
     Files stay as given; a folder becomes its images, recursively, in a stable order; PIL images and
-    arrays stay as they are. A category folder in MVTec AD layout (it holds `train/good`) gives its
+    arrays stay as they are; a torch tensor becomes its images (`tensor_images`). A category folder in MVTec AD layout (it holds `train/good`) gives its
     `train/good` images when `training` (fit), else its `test` images (predict): predicting never
     scores the training set by accident.
     """
+    if _is_tensor(inputs):
+        inputs = tensor_images(inputs)
     if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
         inputs = [inputs]
     items: list[ImageInput] = []
     for item in inputs:
+        if _is_tensor(item):
+            items += tensor_images(item)
+            continue
         if not isinstance(item, (str, Path)):
             items.append(item)
             continue

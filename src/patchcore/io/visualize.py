@@ -145,13 +145,26 @@ def display_range(anomaly_map: np.ndarray, nominal_map_range: tuple[float, float
     return median, peak + (peak - median)
 
 
+def overlay_image(image: ImageInput, prediction, model=None, max_side: int | None = DEFAULT_HEATMAP_SIDE
+                  ) -> Image.Image:
+    """The coloured heatmap overlay `predict` writes, as a PIL image: `prediction`'s map over `image` with its defect
+    regions outlined, coloured on `model`'s scale (its good images' typical pixel to highest peak; without a model,
+    the map's own range), at most `max_side` squared pixels."""
+    return _coloured(image, prediction.anomaly_map, None if model is None else model.nominal_map_range_, max_side,
+                     prediction.regions)
+
+
+def _coloured(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None,
+              max_side: int | None, regions: Sequence[Region] | None) -> Image.Image:
+    vmin, vmax = display_range(anomaly_map, nominal_map_range)
+    return overlay(load_image(image), anomaly_map, vmin, vmax, max_side=max_side, regions=regions or ())
+
+
 def overlay_png(image: ImageInput, anomaly_map: np.ndarray, nominal_map_range: tuple[float, float] | None,
                 max_side: int | None = DEFAULT_HEATMAP_SIDE, regions: Sequence[Region] | None = None) -> bytes:
     """The heatmap overlay of `image` as PNG bytes, at most `max_side` squared pixels, regions outlined."""
-    vmin, vmax = display_range(anomaly_map, nominal_map_range)
     buffer = io.BytesIO()
-    overlay(load_image(image), anomaly_map, vmin, vmax, max_side=max_side, regions=regions or ()).save(
-        buffer, format="PNG")
+    _coloured(image, anomaly_map, nominal_map_range, max_side, regions).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
