@@ -63,8 +63,15 @@ def test_evaluate_report_and_threshold_columns(tmp_path: Path) -> None:
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    brick = json.loads((tmp_path / "eval" / "results.json").read_text())["results"][0]
-    assert brick["false_alarm_rate"] == 50.0 and brick["threshold"] > 0
+    document = json.loads((tmp_path / "eval" / "results.json").read_text())
+    brick = document["results"][0]
+    # One unit per kind of number, said in the file: the rate the threshold was set for in per cent, as the
+    # measured rates are, under a name that is not the parameter's (a share: 0.5).
+    assert brick["nominal_false_alarm_rate"] == 50.0 and document["params"]["false_alarm_rate"] == 0.5
+    assert "nominal_false_alarm_rate" in document["units"]["per cent"] and "false_alarm_rate" not in brick
+    assert brick["threshold"] > 0
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| threshold | nominal false alarms % |" in table and f"| {brick['threshold']:.3f} | 50.0 |" in table
     # The rates are counts over 3 good and 2 defective test images.
     assert brick["test_false_alarm_rate"] in (0.0, 100 / 3, 200 / 3, 100.0)
     assert brick["test_recall"] in (0.0, 50.0, 100.0)

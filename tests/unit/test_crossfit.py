@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import patchcore.io.images as images
 from patchcore import PatchCore
 from patchcore.apps.cli import main
-from patchcore.core.crossfit import fold_bounds
+from patchcore.core.crossfit import fold_bounds, fold_of_images
 
 
 @pytest.fixture()
@@ -32,7 +32,8 @@ def decodes(monkeypatch) -> Counter:
 def test_fit_decodes_each_training_image_once(image_folder: Path, decodes: Counter) -> None:
     files = sorted(image_folder.glob("*.png"))
     model = PatchCore(coreset_ratio=0.05, image_size=128).fit(files)
-    assert model.nominal_source_ == "cross-fit over 5 folds of the training images"
+    # Crops 48 px apart do not repeat each other (a 1-pixel shift moves patches further): interleaved folds.
+    assert model.nominal_source_ == "cross-fit over 5 interleaved folds of the training images"
     assert model.repeated_images_["checked"] == len(files)  # the repeat check ran, on the same pass
     assert len(model.nominal_scores_) == len(files)
     assert decodes == Counter(file.name for file in files)  # once each: 12 decodes, not 28
@@ -53,14 +54,19 @@ def test_fit_with_skip_bad_decodes_each_file_once(image_folder: Path, tmp_path: 
     assert decodes == Counter({**{f"{i:02d}.png": 1 for i in range(8)}, "truncated.png": 1})
 
 
-def test_cross_fit_scores_are_what_predict_gives_each_fold_against_the_rest(train_crops) -> None:
+@pytest.mark.parametrize("assignment", ["contiguous", "interleaved"])
+def test_cross_fit_scores_are_what_predict_gives_each_fold_against_the_rest(train_crops, assignment: str) -> None:
     crops = train_crops[:10]
-    model = PatchCore(coreset_ratio=0.2, index="exact", image_size=128, threshold_folds=3).fit(crops)
-    bounds = fold_bounds(len(crops), 3)
-    expected = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    model = PatchCore(coreset_ratio=0.2, index="exact", image_size=128, threshold_folds=3,
+                      fold_assignment=assignment).fit(crops)
+    assert model.repeated_images_["folds"] == assignment and model.nominal_source_.startswith(
+        f"cross-fit over 3 {assignment} folds")
+    folds = fold_of_images(len(crops), 3, interleaved=assignment == "interleaved")
+    expected = np.zeros(len(crops))
+    for fold in range(3):
+        members = np.flatnonzero(folds == fold)
         fold_model = copy.copy(model)
-        fold_model.bank_ = model.bank_.without_images(start, stop).indexed(model._new_index(), model.device_)
-        expected += list(fold_model.score_samples(crops[start:stop]))
+        fold_model.bank_ = model.bank_.without_image_numbers(members).indexed(model._new_index(), model.device_)
+        expected[members] = fold_model.score_samples([crops[i] for i in members])
     np.testing.assert_allclose(model.nominal_scores_, expected, rtol=1e-5)
     assert not np.allclose(model.nominal_scores_, model.score_samples(crops))  # against the full bank: lower

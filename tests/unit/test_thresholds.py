@@ -126,11 +126,12 @@ def test_fit_warns_when_training_images_repeat_images_of_other_folds(brick, tmp_
     lands in another cross-fit fold): exactly those eight are found, named, warned of and saved."""
     independent = [brick[y : y + 128, x : x + 128] for y in range(0, 512, 128) for x in range(0, 512, 128)]
     model = PatchCore(image_size=128, coreset_ratio=0.1).fit(independent)
-    assert model.repeated_images_ == {"checked": 16, "repeating": 0, "examples": []}
+    assert model.repeated_images_ == {"checked": 16, "repeating": 0, "folds": "interleaved", "examples": []}
     assert not any("repeat" in warning for warning in model.nominal_warnings())
 
     copied = PatchCore(image_size=128, coreset_ratio=0.1).fit(independent + independent[:4])
-    assert copied.repeated_images_["repeating"] == 8
+    # Interleaved, the copies meet in other folds: the folds stay contiguous runs, where they meet too.
+    assert copied.repeated_images_["repeating"] == 8 and copied.repeated_images_["folds"] == "contiguous"
     assert ["image 0", "image 16"] in copied.repeated_images_["examples"]
     warning = next(w for w in copied.nominal_warnings() if "repeat" in w)
     assert warning.startswith("8 of 20 training images checked repeat") and "--validation" in warning

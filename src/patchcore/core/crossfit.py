@@ -1,5 +1,5 @@
-"""The cross-fit: folds of the training images (contiguous runs in file order), and the check that a fold's
-images do not repeat another fold's (their nominal scores would be too low)."""
+"""The cross-fit: folds of the training images (interleaved, or contiguous runs in file order), and the check that
+a fold's images do not repeat another fold's (their nominal scores would be too low)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,21 @@ def fold_bounds(n_images: int, folds: int) -> np.ndarray:
     return np.linspace(0, n_images, folds + 1).round().astype(int)
 
 
-def fold_of_images(n_images: int, folds: int) -> np.ndarray:
-    """The cross-fit fold (`fold_bounds`) of each of `n_images` images."""
+def fold_of_images(n_images: int, folds: int, interleaved: bool = False) -> np.ndarray:
+    """The cross-fit fold of each of `n_images` images: image i in fold i mod `folds` when `interleaved`, else
+    in the contiguous run of `fold_bounds` that holds it."""
+    if interleaved:
+        return np.arange(n_images) % folds
     return np.searchsorted(fold_bounds(n_images, folds)[1:], np.arange(n_images), side="right")
+
+
+def fold_runs(n_images: int, folds: int, interleaved: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(the number each image takes so that its fold is a contiguous run: fold order, file order within a fold;
+    the runs' bounds: fold f is numbers bounds[f] to bounds[f + 1] - 1)."""
+    fold = fold_of_images(n_images, folds, interleaved)
+    numbers = np.empty(n_images, dtype=np.int64)
+    numbers[np.argsort(fold, kind="stable")] = np.arange(n_images)
+    return numbers, np.concatenate([[0], np.cumsum(np.bincount(fold, minlength=folds))])
 
 
 def image_runs(origins: np.ndarray, start: int, stop: int, max_rows: int) -> Iterator[tuple[int, int]]:
@@ -62,12 +74,14 @@ def shift_distance(patches: TrainingPatches, images: dict[int, Image.Image],
     return float(np.median(np.concatenate(moved_by)))
 
 
-def repeat_report(patches: TrainingPatches, names: list[str], folds: int, shift: float, seed: int = 0) -> dict:
+def repeat_report(patches: TrainingPatches, names: list[str], folds: int, shift: float, seed: int = 0,
+                  interleaved: bool = False) -> dict:
     """Which training images another cross-fit fold already shows (their nominal scores would be too low),
     checked on up to 64 images against every patch of the other folds, on the scale of a 1-pixel `shift`."""
-    checked = repeat_ratios(patches.features, patches.origins, fold_of_images(len(names), folds), shift, seed=seed)
+    checked = repeat_ratios(patches.features, patches.origins, fold_of_images(len(names), folds, interleaved), shift,
+                            seed=seed)
     repeats = [image for image in checked if image.ratio < NEAR_DUPLICATE_RATIO]
-    return {"checked": len(checked), "repeating": len(repeats),
+    return {"checked": len(checked), "repeating": len(repeats), "folds": "interleaved" if interleaved else "contiguous",
             "examples": [[names[r.image], names[r.nearest_image]] for r in repeats[:3]]}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +18,8 @@ from patchcore.backbones import LoadedBackbone
 from patchcore.core.bank import UNKNOWN_ORIGIN, MemoryBank, TrainingPatches
 from patchcore.core.batches import BatchLoop, Picture
 from patchcore.core.calibration import MapSummary, NominalCalibration, summarise
-from patchcore.core.crossfit import (fold_bounds, image_runs, repeat_report, repeat_warnings, shift_distance,
-                                     shift_samples)
+from patchcore.core.crossfit import (fold_runs, image_runs, repeat_report, repeat_warnings,
+                                     shift_distance, shift_samples)
 from patchcore.core.detector import Detector, ScoredPicture
 from patchcore.core.features import FeatureExtractor
 from patchcore.core.references import GoodPatchFinder, TrainingImages
@@ -84,9 +84,15 @@ class PatchCore(Detector):
         0.0, "Share of good images held out to measure nominal scores; 0 (PatchCore's default) measures them "
              "by cross-fit instead, from every training image (threshold_folds).")
     threshold_folds: int = param(
-        5, "Cross-fit folds for the nominal scores: each contiguous run of the training images (in file order, so "
-           "consecutive frames and neighbouring crops stay together) is scored against the bank without its own "
-           "patches. Used when nothing is held out and no validation images are given.", check=Range(2))
+        5, "Cross-fit folds for the nominal scores: each fold of the training images is scored against the bank "
+           "without its own patches. Used when nothing is held out and no validation images are given.",
+        check=Range(2))
+    fold_assignment: str = param(
+        "auto", "Which training images share a cross-fit fold: interleaved (image i in fold i mod folds: each fold "
+                "meets images like its own, as new images meet the bank), contiguous (runs in file order, so "
+                "consecutive frames and overlapping crops stay together), or auto: interleaved unless the repeat "
+                "check finds images that repeat another fold's there.",
+        check=OneOf(("auto", "interleaved", "contiguous")))
     tile_size: int | None = param(
         1024, "Largest square of working pixels the network sees at once: larger images are cut into overlapping "
               "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.",
@@ -167,11 +173,16 @@ class PatchCore(Detector):
             return None
         started = time.perf_counter()
         shift = shift_distance(patches, kept_images, self._embed)
-        self.repeated_images_ = repeat_report(patches, names, folds, shift, seed=self.seed)
+        report = repeat_report(patches, names, folds, shift, seed=self.seed,
+                               interleaved=self.fold_assignment != "contiguous")
+        if self.fold_assignment == "auto" and report["repeating"]:  # near-twins would meet in other folds
+            report = repeat_report(patches, names, folds, shift, seed=self.seed, interleaved=False)
+        self.repeated_images_ = report
+        self.interleaved_folds_ = report["folds"] == "interleaved"
         self.repeat_check_seconds_ = time.perf_counter() - started
         started = time.perf_counter()
-        scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=folds)
-        source = f"cross-fit over {folds} folds of the training images"
+        scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=folds, interleaved=self.interleaved_folds_)
+        source = f"cross-fit over {folds} {report['folds']} folds of the training images"
         calibration = NominalCalibration.of(scores, maps, source, names)
         if self.exclude_suspicious and calibration.suspicious.any():
             calibration = self._without_suspicious(patches, names, calibration, folds)
@@ -195,7 +206,8 @@ class PatchCore(Detector):
         added = extend_coreset(patches.features, distances[:, 0], len(patches), self.coverage_radius_)
         self.bank_ = bank.extended(patches.bank(added)).indexed(self._new_index(), self.device_)
         self.n_patches_seen_ = len(patches)
-        scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=min(folds, len(names)))
+        scores, maps = self._cross_fit(patches, self.bank_, first=0, folds=min(folds, len(names)),
+                                       interleaved=self.interleaved_folds_)
         return NominalCalibration.of(scores, maps, f"{calibration.source}, without {len(numbers)} suspicious "
                                                    "images", names)
 
@@ -278,13 +290,20 @@ class PatchCore(Detector):
 
     # -- the cross-fit ----------------------------------------------------------------------
 
-    def _cross_fit(self, patches: TrainingPatches, bank: MemoryBank, first: int, folds: int
+    def _cross_fit(self, patches: TrainingPatches, bank: MemoryBank, first: int, folds: int, interleaved: bool = False
                    ) -> tuple[list[float], list[MapSummary]]:
         """Nominal scores and map summaries of the images whose patches are `patches` (bank origins `first` + their
-        number): each of `folds` contiguous runs is scored, from the patches already extracted, against `bank`
-        without that run's own rows."""
+        number): each of `folds` folds (contiguous runs, or `interleaved`) is scored, from the patches already
+        extracted, against `bank` without that fold's own rows."""
         n_images = len(patches.image_sizes)
-        bounds = fold_bounds(n_images, folds)
+        numbers, bounds = fold_runs(n_images, folds, interleaved)
+        if interleaved:  # numbered so that each fold is a contiguous run; the results put back in file order
+            mine = (bank.origins >= first) & (bank.origins < first + n_images)
+            local = np.clip(bank.origins - first, 0, n_images - 1)
+            bank = replace(bank, origins=np.where(mine, first + numbers[local], bank.origins), index=None,
+                           on_device=None)
+            patches = replace(patches, origins=numbers[patches.origins],
+                              image_sizes=[patches.image_sizes[i] for i in np.argsort(numbers)])
         scores: list[float] = []
         maps: list[MapSummary] = []
         for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -293,7 +312,7 @@ class PatchCore(Detector):
                 run_scores, grids = self._score_extracted(patches, image_from, image_to, fold_bank)
                 scores += run_scores
                 maps += [summarise(amap) for amap in self._maps(grids, patches.image_sizes[image_from:image_to])]
-        return scores, maps
+        return [scores[number] for number in numbers], [maps[number] for number in numbers]
 
     @torch.inference_mode()
     def _score_extracted(self, patches: TrainingPatches, start: int, stop: int, bank: MemoryBank

@@ -55,7 +55,7 @@ class CategoryResult:
     peak_on_defect: float | None = None
     # The model's threshold (held-out good images, test set unseen) and what it does on the test set:
     threshold: float | None = None
-    false_alarm_rate: float | None = None  # the rate the threshold was set for
+    nominal_false_alarm_rate: float | None = None  # the rate the threshold was set for, % (the parameter's x 100)
     test_false_alarm_rate: float | None = None  # good test images flagged, %
     test_recall: float | None = None  # defective test images flagged, %
     # The best recall any threshold reaches at no more false alarms than the model's measured ones, %.
@@ -182,7 +182,7 @@ def threshold_columns(model: Detector | Ensemble, labels: np.ndarray, scores: np
     if threshold is not None:
         flagged = scores > threshold.value
         false_alarms = float(flagged[labels == 0].mean())
-        columns.update(threshold=threshold.value, false_alarm_rate=100 * threshold.false_alarm_rate,
+        columns.update(threshold=threshold.value, nominal_false_alarm_rate=100 * threshold.false_alarm_rate,
                        test_false_alarm_rate=100 * false_alarms, test_recall=100 * float(flagged[labels == 1].mean()),
                        oracle_recall=100 * oracle_recall(scores[labels == 0], scores[labels == 1], false_alarms),
                        threshold_method=threshold.method)
@@ -234,6 +234,8 @@ COLUMNS = (
     ("seconds_per_image", "s / image", "{:.3f}"),
     ("peak_memory_mb", "peak MB", "{:.0f}"),
     ("memory_bank_size", "bank size", "{:.0f}"),
+    ("threshold", "threshold", "{:.3f}"),
+    ("nominal_false_alarm_rate", "nominal false alarms %", "{:.1f}"),
     ("test_false_alarm_rate", "false alarms % at threshold", "{:.1f}"),
     ("test_recall", "recall % at threshold", "{:.1f}"),
     ("oracle_recall", "oracle recall %", "{:.1f}"),
@@ -242,6 +244,15 @@ COLUMNS = (
     ("regions_per_good_image", "regions / good image", "{:.2f}"),
     ("f1_optimal", "F1-optimal %", "{:.1f}"),
 )
+
+
+# What results.json's numbers are in: rates, AUROC, PRO and F1 in per cent (as the tables print them); the
+# parameters as given (their false_alarm_rate is a share: 0.01 is 1 %).
+RESULT_UNITS = {"per cent": ["image_auroc", "pixel_auroc", "pro", "peak_on_defect", "nominal_false_alarm_rate",
+                             "test_false_alarm_rate", "test_recall", "oracle_recall", "segmentation_f1",
+                             "defects_with_region", "f1_optimal", "per_defect_image_auroc"],
+                "seconds": ["fit_seconds", "seconds_per_image"], "megabytes": ["peak_memory_mb"],
+                "params": "as given to the model: false_alarm_rate is a share (0.01 = 1 %)"}
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -262,7 +273,8 @@ def write_results(results: Sequence[CategoryResult], params: dict, out_dir: Path
     rows = [r.row() for r in results] + [mean_row(results)]
     table = markdown_table(rows)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    document = {"command": command, "date": when, "machine": machine_description(), "params": params, "results": rows}
+    document = {"command": command, "date": when, "machine": machine_description(), "params": params,
+                "units": RESULT_UNITS, "results": rows}
     atomic_write_bytes(out_dir / "results.json", json.dumps(document, indent=2, default=str).encode())
     text = f"Command: `{command}`\n\nDate: {when}. Machine: {machine_description()}.\n\n{table}\n"
     atomic_write_bytes(out_dir / "results.md", text.encode())
