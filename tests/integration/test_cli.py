@@ -18,6 +18,8 @@ def test_fit_then_predict_writes_scores_and_heatmaps(image_folder: Path, defect_
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model" / "manifest.json").is_file()
     assert "inspects 128 x 128 images at 256 x 256 px (enlarged 2.00x), 1 tile each" in result.output
+    # Without a terminal, a finished stage is one line, not a redrawn bar.
+    assert "\r" not in result.output and re.search(r"^features: 12 images in \d+\.\d s$", result.output, re.M)
     query = tmp_path / "queries"
     (query / "a").mkdir(parents=True)
     (query / "b").mkdir()

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from patchcore.apps.jobs import fit_category, predict_files, with_size_rule
 from patchcore.core.detector import Detector
@@ -20,6 +19,7 @@ from patchcore.data.categories import Category
 from patchcore.evaluation.evaluate import CategoryResult, evaluate_category
 from patchcore.io.visualize import DEFAULT_HEATMAP_SIDE
 from patchcore.methods import load_model
+from patchcore.progress import progress_bar
 
 
 def _ray():
@@ -119,7 +119,7 @@ def predict_on_actors(scorers, files: Sequence[Path], names: Sequence[str], out_
     chunks = [([str(f) for f in files[s : s + chunk_size]], list(names[s : s + chunk_size])) for s in starts]
     target = None if out_dir is None else str(out_dir)
     rows, skipped = [], []
-    with tqdm(total=len(files), desc="predict", unit="image", disable=not progress) as bar:
+    with progress_bar(len(files), "predict", progress) as bar:
         for (chunk_files, _), (chunk_rows, chunk_skipped) in zip(chunks, scorers.map(
                 lambda scorer, chunk: scorer.score.remote(chunk[0], chunk[1], target, skip_bad, heatmap_side), chunks)):
             rows += chunk_rows

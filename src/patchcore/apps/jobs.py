@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from patchcore.core.detector import Detector
 from patchcore.data.categories import Category
 from patchcore.errors import ImageLoadError
@@ -14,6 +12,7 @@ from patchcore.io.images import load_image
 from patchcore.apps.outputs import prediction_row
 from patchcore.io.visualize import DEFAULT_HEATMAP_SIDE, write_overlay
 from patchcore.params import check_params
+from patchcore.progress import progress_bar
 
 # Images decoded and scored at a time: bounds the maps and pictures in memory.
 PREDICT_CHUNK = 64
@@ -58,7 +57,7 @@ def predict_files(
     """
     rows: list[dict] = []
     skipped: list[str] = []
-    with tqdm(total=len(files), desc="predict", unit="image", disable=not progress) as bar:
+    with progress_bar(len(files), "predict", progress) as bar:
         for start in range(0, len(files), PREDICT_CHUNK):
             pictures, kept = [], []
             for file, name in zip(files[start : start + PREDICT_CHUNK], names[start : start + PREDICT_CHUNK]):

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from patchcore.core.preprocessing import Preprocessor, Tile
 from patchcore.errors import ImageLoadError
 from patchcore.io.images import ImageInput, load_image
+from patchcore.progress import progress_bar
 
 # `batch_size` counts network inputs of this many pixels: larger inputs go in proportionally smaller batches.
 BATCH_PIXELS = 256 * 256
@@ -101,7 +101,7 @@ class BatchLoop:
         positions: list[int] = []
         pictures: list[Picture] = []
         pixels = 0
-        with tqdm(total=len(items), desc=desc, unit="image", disable=not self.progress, leave=False) as bar:
+        with progress_bar(len(items), desc, self.progress, leave=False) as bar:
             done = 0
             for position, picture in self.decoded(items):
                 positions.append(position)

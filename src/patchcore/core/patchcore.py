@@ -267,7 +267,8 @@ class PatchCore(Detector):
 
     def _embed(self, image: Image.Image) -> np.ndarray:
         """An image's patches, as fit extracts them."""
-        return np.concatenate([rows for _, _, rows, _ in self._patch_rows([image], self._loop())])
+        loop = replace(self._loop(), progress=False)  # one image: no bar
+        return np.concatenate([rows for _, _, rows, _ in self._patch_rows([image], loop)])
 
     def nominal_warnings(self, false_alarm_rate: float | None = None) -> list[str]:
         return super().nominal_warnings(false_alarm_rate) + repeat_warnings(self.repeated_images_,

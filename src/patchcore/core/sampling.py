@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from patchcore.core.bank import MemoryBank, TrainingPatches
+from patchcore.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def greedy_coreset(
         raise ValueError(f"n_select must be in [1, {n_total}], got {n_select}")
     points = random_projection(points.to(torch.device(device)), projection_dim, seed)
     start = int(np.random.default_rng(seed).integers(n_total))
-    with tqdm(total=n_select, desc="coreset", disable=not progress, leave=False, mininterval=1.0) as bar:
+    with progress_bar(n_select, "coreset", progress, unit="row", leave=False, mininterval=1.0) as bar:
         return _batched_greedy(points, n_select, start, candidates, bar)
 
 
@@ -268,13 +269,15 @@ def learned_proxies(
     start = torch.randperm(n_total, generator=generator)[:n_proxies]
     proxies = points[start].clone().to(device).requires_grad_(True)
     optimiser = torch.optim.Adam([proxies], lr=learning_rate)
-    for _ in tqdm(range(steps), desc="proxies", disable=not progress, leave=False, mininterval=1.0):
-        batch = points[torch.randint(n_total, (min(batch_size, n_total),), generator=generator)].to(device)
-        weights = torch.softmax(-torch.cdist(batch, proxies), dim=1)
-        loss = ((batch - weights @ proxies) ** 2).sum(dim=1).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+    with progress_bar(steps, "proxies", progress, unit="step", leave=False, mininterval=1.0) as bar:
+        for _ in range(steps):
+            batch = points[torch.randint(n_total, (min(batch_size, n_total),), generator=generator)].to(device)
+            weights = torch.softmax(-torch.cdist(batch, proxies), dim=1)
+            loss = ((batch - weights @ proxies) ** 2).sum(dim=1).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            bar.update()
     return proxies.detach().cpu().numpy()
 
 
