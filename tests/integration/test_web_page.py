@@ -25,9 +25,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def server_url(image_folder, tmp_path_factory):
-    # Fitted from files, so that the page can show the good training patch nearest to a region.
-    model = PatchCore(coreset_ratio=0.1, batch_size=8, image_size=128).fit(image_folder)
+def server_url(image_folder, good_test_crops, tmp_path_factory):
+    # Fitted from files, so that the page can show the good training patch nearest to a region; the threshold
+    # from good crops of the test rows (the training rows' crops overlap each other and score low).
+    model = PatchCore(coreset_ratio=0.1, batch_size=8, image_size=128).fit(image_folder,
+                                                                           validation=good_test_crops[2:])
     model_dir = model.save(tmp_path_factory.mktemp("web") / "brick")
     with serving(create_app(load_models([str(model_dir)]))) as port:
         yield f"http://127.0.0.1:{port}/"
@@ -77,11 +79,16 @@ def test_a_folder_of_images_gets_a_batch_table(page, defect_crop, good_test_crop
         Image.fromarray(crop).save(files[-1])
     (tmp_path / "notes.txt").write_text("not an image")
     page.set_input_files("#file-input", [str(f) for f in files] + [str(tmp_path / "notes.txt")])
-    page.wait_for_function("document.querySelectorAll('#batch tbody tr').length === 3", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('#batch tbody tr').length === 4", timeout=60_000)
     rows = page.locator("#batch tbody tr")
     assert rows.nth(0).locator("td").nth(0).inner_text() == "0.png"  # sorted by score: the defect first
     assert rows.nth(0).locator("td").nth(1).inner_text() == "defect"
-    assert page.locator("#summary").inner_text().startswith("3 image(s)")
+    # The text file is listed as an error, not dropped: 4 files chosen, 4 lines, 1 error.
+    assert page.locator("#summary").inner_text() == "4 file(s): 1 defect, 2 good or undecided, 1 error(s)"
+    error_card = page.locator(".result-card[data-decision='error']")
+    assert "not an image file" in error_card.inner_text() and "notes.txt" in error_card.inner_text()
+    # An error card shows no picture, not a broken-image icon.
+    assert error_card.locator("img:visible").count() == 0
 
 
 @pytest.mark.slow
