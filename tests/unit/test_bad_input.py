@@ -107,3 +107,18 @@ def test_an_unknown_format_says_so_without_internal_object_names() -> None:
     with pytest.raises(ImageLoadError) as caught:
         decode_image(b"hello, not an image", "notes.png")
     assert str(caught.value) == "notes.png: not a readable image (no known image format)"
+
+
+def test_an_oversized_header_is_refused_without_a_pillow_warning(recwarn) -> None:
+    import io
+
+    from PIL import Image
+
+    from patchcore.errors import ImageTooLargeError
+    from patchcore.io.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("L", (12_000, 8_000)).save(buffer, format="PNG")  # 96 MP: past Pillow's warning line, not its error
+    with pytest.raises(ImageTooLargeError, match="96.0 MP"):
+        decode_image(buffer.getvalue(), "big.png", max_pixels=40_000_000)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +67,12 @@ def read_image_size(source: ImageInput) -> tuple[int, int]:
 
 def _header_size(file: Path | io.BytesIO, name: str) -> tuple[int, int]:
     try:
-        with Image.open(file) as image:
+        # Reading a header decodes nothing: Pillow's warning about pixels it has not decoded would only land in
+        # the logs of a service that is about to refuse the image by its size.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+        with image:
             width, height = image.size
             # Pillow reads a PNG's EXIF by decoding the whole image when the chunk is not before the pixels:
             # a header check must not cost a decode (an 84 MP PNG is 250 MB), and PNGs rarely carry a rotation.
