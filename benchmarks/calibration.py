@@ -5,6 +5,7 @@ ways of setting the threshold; and the bias of the nominal scores against good t
 
     python benchmarks/calibration_data.py data/offline --out calibration_data.json --folds 5,10,20
     python benchmarks/calibration.py calibration_data.json --folds 10
+    python benchmarks/calibration.py calibration_data.json --folds 5 --exclude hires_brick,hires_grass,hires_gravel
 
 Methods: `quantile` (the empirical quantile, the highest score below 1/rate images: the threshold before issue
 29), `tail` (a generalized Pareto tail, all scores), `robust normal` (median + z * 1.4826 MAD), `shipped` (what
@@ -56,8 +57,11 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--folds", default=None, help="the fold count whose nominal scores set thresholds")
     parser.add_argument("--rates", default="0.01,0.05")
+    parser.add_argument("--exclude", default="", help="categories left out of every table and mean")
     args = parser.parse_args()
     data = json.loads(args.data.read_text())
+    if args.exclude:
+        data = {name: entry for name, entry in data.items() if name not in args.exclude.split(",")}
     rates = [float(text) for text in args.rates.split(",")]
 
     print("## Nominal scores against good test images (median, 95th percentile)\n")
