@@ -113,7 +113,8 @@ def test_cross_fit_knows_each_bank_rows_image_when_sizes_are_mixed(train_crops) 
     # Square crops, then a wide image last: its shorter tiles are batched first, so rows arrive out of image order.
     wide = np.tile(train_crops[0], (2, 3))  # 384 x 256, inspected at 128 x 80
     images = [*train_crops[1:5], wide]
-    model = PatchCore(sampler="none", threshold_folds=5, image_size=128).fit(images)
+    with pytest.warns(PatchCoreWarning, match="3x apart"):  # sizes this far apart are warned about
+        model = PatchCore(sampler="none", threshold_folds=5, image_size=128).fit(images)
     counts = np.bincount(model.bank_.origins, minlength=len(images))
     expected = [model._n_patches((image.shape[1], image.shape[0])) for image in images]
     assert expected[-1] != expected[0] and counts.tolist() == expected
