@@ -4,6 +4,7 @@ import pytest
 from patchcore.baselines.padim import Padim
 from patchcore.core.patchcore import PatchCore
 from patchcore.core.thresholds import f1_optimal_threshold, rate_interval, threshold_at_false_alarm_rate
+from patchcore.errors import PatchCoreWarning
 
 
 def test_threshold_flags_at_most_the_rate_of_held_out_good_scores() -> None:
