@@ -293,3 +293,17 @@ def test_decide_stores_a_new_rate_as_a_version_that_rollback_undoes(image_folder
     assert json.loads((tmp_path / "model" / "manifest.json").read_text())["params"]["false_alarm_rate"] == 0.01
     refused = run("decide", tmp_path / "model", "--false-alarm-rate", "1.5")
     assert refused.exit_code == 2 and "false_alarm_rate must be in (0, 1)" in refused.output
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_commands_let_idle_openmp_threads_sleep_unless_told_otherwise(given, expected) -> None:
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    script = ("import os, sys; from patchcore.apps.cli import main; main(['backbones'], standalone_mode=False); "
+              "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert f"policy {expected}" in out

@@ -5,6 +5,7 @@ never imports torch), the Ray and ensemble options, and the lines every command 
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -120,6 +121,10 @@ def declared_command(group: click.Group, declared_names: Sequence[str] | None = 
 @click.version_option(package_name="patchcore")
 def main() -> None:
     """PatchCore anomaly detection: fit on good images, then score and locate defects."""
+    # Before torch and faiss load OpenMP (the commands import them): idle OpenMP threads sleep instead of
+    # spinning. With two other busy processes on 2 cores, a fit's IVF index build took 1.0-49.5 s spinning and
+    # 0.4 s sleeping (docs/results.md). A value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _show_library_warnings_as_lines()
 
 
