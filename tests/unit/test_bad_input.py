@@ -122,3 +122,30 @@ def test_an_oversized_header_is_refused_without_a_pillow_warning(recwarn) -> Non
     with pytest.raises(ImageTooLargeError, match="96.0 MP"):
         decode_image(buffer.getvalue(), "big.png", max_pixels=40_000_000)
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_fit_never_learns_a_folder_of_defects_or_masks_as_good(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from patchcore import PatchCore
+    from patchcore.errors import DatasetError
+    from patchcore.io.images import collect_images
+
+    # A VisA-like object folder: normal and anomalous images, and their masks.
+    for sub in ("Data/Images/Normal", "Data/Images/Anomaly", "Data/Masks/Anomaly"):
+        (tmp_path / "cells" / sub).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "cells" / sub / "000.png")
+    with pytest.raises(DatasetError, match=r"cells: holds images in folders named like defects or masks "
+                                           r"\(Data/Images/Anomaly/, Data/Masks/\)"):
+        PatchCore().fit(tmp_path / "cells")
+    assert len(collect_images(tmp_path / "cells" / "Data" / "Images" / "Normal", training=True)) == 1
+    assert len(collect_images(tmp_path / "cells")) == 3  # to predict, every image is fine
+    # A test folder beside a train folder is refused too; listed files are taken as given.
+    (tmp_path / "line" / "train").mkdir(parents=True)
+    (tmp_path / "line" / "test").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "line" / "train" / "a.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "line" / "test" / "b.png")
+    with pytest.raises(DatasetError, match=r"\(test/\)"):
+        collect_images(tmp_path / "line", training=True)
+    assert len(collect_images([tmp_path / "line" / "train" / "a.png", tmp_path / "line" / "test" / "b.png"],
+                              training=True)) == 2

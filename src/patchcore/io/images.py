@@ -174,6 +174,30 @@ def is_mvtec_category(folder: Path) -> bool:
     return (folder / "train" / "good").is_dir()
 
 
+# Folder names that hold defects or masks in the layouts people have (VisA's Anomaly and Masks, MVTec's
+# ground_truth, bad / NG / NOK on lines): images under them are never good training images.
+DEFECT_FOLDER_NAMES = frozenset({"anomaly", "anomalies", "abnormal", "bad", "ng", "nok", "defect", "defects",
+                                 "defective", "ground_truth", "groundtruth", "mask", "masks"})
+
+
+def refuse_defect_folders(folder: Path, files: Sequence[Path]) -> None:
+    """Fail, naming them, when the images found under `folder` for training include folders named like defects
+    or masks, or a `test` folder beside a `train` one: fit would learn them as good, and find nothing."""
+    suspects = set()
+    for file in files:
+        parts = file.relative_to(folder).parts[:-1]
+        for depth, part in enumerate(parts):
+            beside_train = part.lower() == "test" and (folder.joinpath(*parts[:depth]) / "train").is_dir()
+            if part.lower() in DEFECT_FOLDER_NAMES or beside_train:
+                suspects.add(str(Path(*parts[: depth + 1])))
+                break
+    if suspects:
+        named = ", ".join(f"{name}/" for name in sorted(suspects)[:5])
+        raise DatasetError(f"{folder}: holds images in folders named like defects or masks ({named}): fit learns "
+                           "every image it is given as good. Fit on the good images' folder, or list the good "
+                           "files themselves")
+
+
 def _is_tensor(value: object) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach")
 
@@ -226,7 +250,10 @@ def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = F
                 if not path.is_dir():
                     raise DatasetError(f"{path.parent}: an MVTec-style category without test/: predict its "
                                        "images by naming their folder or files")
-            items += list_images(path)
+            files = list_images(path)
+            if training:
+                refuse_defect_folders(path, files)
+            items += files
         elif path.is_file():
             items.append(path)
         else:
