@@ -198,8 +198,7 @@ class PatchCore(Detector):
         self.excluded_images_ = [names[number] for number in numbers]
         self.training_images_ = self.training_images_.without(numbers)
         patches = patches.without_images(numbers)
-        dropped = set(numbers.tolist())
-        names = [name for number, name in enumerate(names) if number not in dropped]
+        names = list(self.training_images_.names)
         bank = self.bank_.without_image_numbers(numbers)
         distances, _ = bank.indexed(self._new_index(), self.device_).index.search(
             np.ascontiguousarray(patches.features), 1)
