@@ -131,21 +131,26 @@ def test_fit_never_learns_a_folder_of_defects_or_masks_as_good(tmp_path: Path) -
     from patchcore.errors import DatasetError
     from patchcore.io.images import collect_images
 
-    # A VisA-like object folder: normal and anomalous images, and their masks.
-    for sub in ("Data/Images/Normal", "Data/Images/Anomaly", "Data/Masks/Anomaly"):
-        (tmp_path / "cells" / sub).mkdir(parents=True)
-        Image.new("RGB", (32, 32)).save(tmp_path / "cells" / sub / "000.png")
-    with pytest.raises(DatasetError, match=r"cells: holds images in folders named like defects or masks "
-                                           r"\(Data/Images/Anomaly/, Data/Masks/\)"):
-        PatchCore().fit(tmp_path / "cells")
-    assert len(collect_images(tmp_path / "cells" / "Data" / "Images" / "Normal", training=True)) == 1
-    assert len(collect_images(tmp_path / "cells")) == 3  # to predict, every image is fine
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(path)
+
+    # A plain folder with bad/ and masks/ beside good images is refused, the folders named.
+    for name in ("a.png", "bad/b.png", "Masks/b.png"):
+        image(tmp_path / "line" / name)
+    with pytest.raises(DatasetError, match=r"line: holds images in folders named like defects or masks "
+                                           r"\(Masks/, bad/\)"):
+        PatchCore().fit(tmp_path / "line")
+    # good/ beside bad/ too: fit names bad/ rather than guess which good images are for testing.
+    image(tmp_path / "labelled" / "good" / "a.png")
+    image(tmp_path / "labelled" / "bad" / "b.png")
+    with pytest.raises(DatasetError, match=r"\(bad/\)"):
+        collect_images(tmp_path / "labelled", training=True)
+    assert len(collect_images(tmp_path / "labelled")) == 2  # to predict, every image is fine
     # A test folder beside a train folder is refused too; listed files are taken as given.
-    (tmp_path / "line" / "train").mkdir(parents=True)
-    (tmp_path / "line" / "test").mkdir()
-    Image.new("RGB", (32, 32)).save(tmp_path / "line" / "train" / "a.png")
-    Image.new("RGB", (32, 32)).save(tmp_path / "line" / "test" / "b.png")
+    image(tmp_path / "run" / "train" / "a.png")
+    image(tmp_path / "run" / "test" / "b.png")
     with pytest.raises(DatasetError, match=r"\(test/\)"):
-        collect_images(tmp_path / "line", training=True)
-    assert len(collect_images([tmp_path / "line" / "train" / "a.png", tmp_path / "line" / "test" / "b.png"],
+        collect_images(tmp_path / "run", training=True)
+    assert len(collect_images([tmp_path / "run" / "train" / "a.png", tmp_path / "run" / "test" / "b.png"],
                               training=True)) == 2

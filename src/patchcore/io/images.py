@@ -226,10 +226,11 @@ def tensor_images(tensor) -> list[np.ndarray]:
 def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = False) -> list[ImageInput]:
     """The one way the library, CLI, service and Ray turn what a user gives into a list of images.
 
-    Files stay as given; a folder becomes its images, recursively, in a stable order; PIL images and
-    arrays stay as they are; a torch tensor becomes its images (`tensor_images`). A category folder in MVTec AD layout (it holds `train/good`) gives its
-    `train/good` images when `training` (fit), else its `test` images (predict): predicting never
-    scores the training set by accident.
+    Files stay as given; a folder becomes its images, recursively, in a stable order; PIL images and arrays stay
+    as they are; a torch tensor becomes its images (`tensor_images`). To fit (`training`), a category folder of a
+    known dataset layout (MVTec AD, MVTec AD 2, VisA, ...: `patchcore.data.layouts`) gives its good training
+    images, and a plain folder holding folders named like defects or masks is refused. To predict, an MVTec AD
+    category gives its `test` images: predicting never scores the training set by accident.
     """
     if _is_tensor(inputs):
         inputs = tensor_images(inputs)
@@ -245,15 +246,7 @@ def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = F
             continue
         path = Path(item)
         if path.is_dir():
-            if is_mvtec_category(path):
-                path = path / "train" / "good" if training else path / "test"
-                if not path.is_dir():
-                    raise DatasetError(f"{path.parent}: an MVTec-style category without test/: predict its "
-                                       "images by naming their folder or files")
-            files = list_images(path)
-            if training:
-                refuse_defect_folders(path, files)
-            items += files
+            items += training_images(path) if training else _images_to_predict(path)
         elif path.is_file():
             items.append(path)
         else:
@@ -261,3 +254,27 @@ def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = F
     if not items:
         raise DatasetError("no images given")
     return items
+
+
+def training_images(folder: Path) -> list[Path]:
+    """A folder's good training images: its layout's training split, or every image of a plain folder
+    that holds no folder named like defects or masks."""
+    # Imported here: the dataset layouts read images with this module.
+    from patchcore.data.layouts import training_images as layout_training_images
+
+    files = layout_training_images(folder)
+    if files is None:
+        files = list_images(folder)
+        refuse_defect_folders(folder, files)
+    if not files:
+        raise DatasetError(f"{folder}: no good training images")
+    return files
+
+
+def _images_to_predict(folder: Path) -> list[Path]:
+    if is_mvtec_category(folder):
+        if not (folder / "test").is_dir():
+            raise DatasetError(f"{folder}: an MVTec-style category without test/: predict its images by naming "
+                               "their folder or files")
+        return list_images(folder / "test")
+    return list_images(folder)

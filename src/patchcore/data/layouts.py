@@ -1,0 +1,143 @@
+"""Dataset layouts by name: how each is recognised, where its good training images are, and how a dataset root,
+a category folder or a CSV manifest becomes `Category` objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from patchcore.data.categories import GOOD, Category, load_mvtec
+from patchcore.data.kolektor import is_kolektorsdd2, kolektorsdd2_training_images, load_kolektorsdd2
+from patchcore.data.labelled import (is_labelled_folder, labelled_folder_training_images, load_labelled_folder,
+                                     load_manifest)
+from patchcore.data.mvtec_variants import (is_btad, is_mvtec_ad2, is_mvtec_loco, load_btad, load_mvtec_ad2,
+                                           load_mvtec_loco)
+from patchcore.data.visa import is_visa_object, load_visa, visa_training_images
+from patchcore.errors import DatasetError
+from patchcore.io.images import list_images
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One published layout: `is_category` recognises one category's folder, `load` reads it (checked), and
+    `training_images` lists its good training images without reading the test set."""
+
+    name: str
+    title: str
+    reference: str  # where the layout is published
+    is_category: Callable[[Path], bool]
+    load: Callable[[Path], Category]
+    training_images: Callable[[Path], list[Path]]
+
+
+def _train_folder(name: str) -> Callable[[Path], list[Path]]:
+    return lambda folder: list_images(folder / "train" / name)
+
+
+def _is_mvtec(folder: Path) -> bool:
+    return (folder / "train" / GOOD).is_dir()
+
+
+# Checked in this order: the MVTec variants before MVTec AD, whose train/good they share.
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
+    Layout("mvtec_ad2", "MVTec AD 2", "Heckler-Kram et al. 2025, the dataset's MVTecAD2 class",
+           is_mvtec_ad2, load_mvtec_ad2, _train_folder(GOOD)),
+    Layout("mvtec_loco", "MVTec LOCO AD", "Bergmann et al. 2022 (IJCV)", is_mvtec_loco, load_mvtec_loco,
+           _train_folder(GOOD)),
+    Layout("mvtec", "MVTec AD (MPDD has the same layout)", "Bergmann et al. 2019/2021", _is_mvtec, load_mvtec,
+           _train_folder(GOOD)),
+    Layout("btad", "BTAD (BeanTech)", "Mishra et al. 2021", is_btad, load_btad, _train_folder("ok")),
+    Layout("visa", "VisA", "Zou et al. 2022, split_csv/1cls.csv of amazon-science/spot-diff", is_visa_object,
+           load_visa, visa_training_images),
+    Layout("kolektorsdd2", "KolektorSDD2", "Bozic et al. 2021", is_kolektorsdd2, load_kolektorsdd2,
+           kolektorsdd2_training_images),
+    Layout("folder", "labelled folder (good/, bad/ or other defect folders, optional masks/)", "this project",
+           is_labelled_folder, load_labelled_folder, labelled_folder_training_images),
+)}
+CSV = "csv"
+LAYOUT_NAMES = (*LAYOUTS, CSV)
+
+
+def layout_of_category(folder: Path) -> Layout | None:
+    """The layout whose category `folder` is, if any."""
+    if not folder.is_dir():
+        return None
+    return next((layout for layout in LAYOUTS.values() if layout.is_category(folder)), None)
+
+
+def find_categories(root: Path, layout_name: str | None = None) -> tuple[str, list[Path]]:
+    """(layout name, category folders) of a dataset root or of one category's folder; `layout_name` forces
+    the layout. A CSV manifest is its own layout (its categories are in its rows)."""
+    root = Path(root)
+    if root.is_file() and (layout_name in (None, CSV)) and root.suffix.lower() == ".csv":
+        return CSV, [root]
+    if not root.exists():
+        raise DatasetError(f"{root}: no such dataset folder")
+    if layout_name == CSV or (root.is_file()):
+        raise DatasetError(f"{root}: a CSV manifest is a .csv file (columns path, label, optional mask, split, "
+                           "category)")
+    if layout_name is not None and layout_name not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout_name!r}; known: {', '.join(LAYOUT_NAMES)}")
+    candidates = [LAYOUTS[layout_name]] if layout_name else list(LAYOUTS.values())
+    for layout in candidates:
+        if layout.is_category(root):
+            return layout.name, [root]
+    children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for layout in candidates:
+        found = [child for child in children if layout.is_category(child)]
+        if found:
+            return layout.name, found
+    if layout_name:
+        raise DatasetError(f"{root}: neither a {LAYOUTS[layout_name].title} category nor a folder of them")
+    raise DatasetError(f"{root}: no dataset layout recognised (known: {', '.join(LAYOUT_NAMES)}); for a folder of "
+                       "your own, put good images in good/ and defects in bad/ (masks in masks/), or list them "
+                       "in a CSV manifest")
+
+
+def load_dataset(root: Path, layout_name: str | None = None, names: list[str] | None = None,
+                 **folder_options: str | None) -> list[Category]:
+    """Every category of the dataset at `root` (or those in `names`), loaded and checked before any work
+    starts. `folder_options` (good_dir, defect_dirs, mask_dir, good_test_dir) name a labelled folder's parts."""
+    options = {key: value for key, value in folder_options.items() if value}
+    if options and layout_name is None:
+        layout_name = "folder"
+    if options and layout_name != "folder":
+        raise DatasetError(f"{', '.join(options)}: only for the labelled-folder layout (--layout folder)")
+    found, folders = find_categories(root, layout_name)
+    if found == CSV:
+        categories = load_manifest(folders[0])
+    else:
+        load = partial(load_labelled_folder, **options) if found == "folder" else LAYOUTS[found].load
+        if names:
+            by_name = {folder.name: folder for folder in folders}
+            unknown = [name for name in names if name not in by_name]
+            if unknown:
+                raise DatasetError(f"{root}: no category {', '.join(unknown)} (found: {', '.join(by_name)})")
+            folders = [by_name[name] for name in names]
+        return [load(folder) for folder in folders]
+    if names:
+        unknown = [name for name in names if name not in {c.name for c in categories}]
+        if unknown:
+            raise DatasetError(f"{root}: no category {', '.join(unknown)}")
+        categories = [c for c in categories if c.name in names]
+    return categories
+
+
+def training_images(folder: Path) -> list[Path] | None:
+    """The good training images of a category folder in a published layout; None for any other folder of
+    images. A dataset root of several categories is refused: one model per category. A labelled folder of our
+    own (good/ beside bad/) is no published layout: fit refuses it, naming bad/, rather than guess a split."""
+    published = [layout for layout in LAYOUTS.values() if layout.name != "folder"]
+    layout = next((layout for layout in published if layout.is_category(folder)), None)
+    if layout is not None:
+        return layout.training_images(folder)
+    children = sorted(p for p in folder.iterdir() if p.is_dir())
+    for layout in published:
+        found = [child.name for child in children if layout.is_category(child)]
+        if found:
+            listed = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise DatasetError(f"{folder}: a {layout.title} dataset of {len(found)} categories ({listed}): fit one "
+                               "category's folder (one model per product)")
+    return None
