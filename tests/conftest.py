@@ -62,3 +62,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(no_gpu)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory, train_crops, good_test_crops, brick) -> Path:
+    """A tiny MVTec-layout category of real brick crops: 12 train, 4 good and 4 with a pasted gravel square."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("tiny")
+    category = root / "brick"
+    for folder in ("train/good", "test/good", "test/patch", "ground_truth/patch"):
+        (category / folder).mkdir(parents=True)
+    for i, crop in enumerate(train_crops[:12]):
+        Image.fromarray(crop).save(category / "train" / "good" / f"{i:03d}.png")
+    for i, crop in enumerate(good_test_crops[:4]):
+        Image.fromarray(crop).save(category / "test" / "good" / f"{i:03d}.png")
+    donor = texture_photo("gravel")[100:140, 100:140]
+    for i, crop in enumerate(good_test_crops[4:8]):
+        top, left = 20 + 10 * i, 30
+        Image.fromarray(paste_defect(crop, top, left, 24, donor)).save(category / "test" / "patch" / f"{i:03d}.png")
+        mask = np.zeros(crop.shape[:2], dtype=np.uint8)
+        mask[top : top + 24, left : left + 24] = 255
+        Image.fromarray(mask).save(category / "ground_truth" / "patch" / f"{i:03d}_mask.png")
+    return root

@@ -3,35 +3,10 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from patchcore.data.categories import load_category
 from patchcore.evaluation.experiments import run_experiment
-from tests.helpers import paste_defect
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory, train_crops, good_test_crops, brick) -> Path:
-    from patchcore.data.offline import texture_photo
-
-    root = tmp_path_factory.mktemp("tiny")
-    category = root / "brick"
-    for folder in ("train/good", "test/good", "test/patch", "ground_truth/patch"):
-        (category / folder).mkdir(parents=True)
-    for i, crop in enumerate(train_crops[:12]):
-        Image.fromarray(crop).save(category / "train" / "good" / f"{i:03d}.png")
-    for i, crop in enumerate(good_test_crops[:4]):
-        Image.fromarray(crop).save(category / "test" / "good" / f"{i:03d}.png")
-    donor = texture_photo("gravel")[100:140, 100:140]
-    for i, crop in enumerate(good_test_crops[4:8]):
-        top, left = 20 + 10 * i, 30
-        Image.fromarray(paste_defect(crop, top, left, 24, donor)).save(category / "test" / "patch" / f"{i:03d}.png")
-        mask = np.zeros(crop.shape[:2], dtype=np.uint8)
-        mask[top : top + 24, left : left + 24] = 255
-        Image.fromarray(mask).save(category / "ground_truth" / "patch" / f"{i:03d}_mask.png")
-    return root
 
 
 def test_reweighting_table_is_written_with_its_command(tiny_root: Path, tmp_path: Path) -> None:

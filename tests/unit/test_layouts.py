@@ -56,6 +56,10 @@ def test_mvtec_ad2(mvtec_ad2: Path) -> None:
     # Fitting the object's folder takes train/good only; the category folder alone is recognised too.
     assert names(collect_images(mvtec_ad2 / "can", training=True)) == [f"good/{i:03d}_regular.png" for i in range(3)]
     assert find_categories(mvtec_ad2 / "can")[0] == "mvtec_ad2"
+    # Predicting the folder scores its test images, labelled and not: never train/ or validation/, never masks.
+    assert names(collect_images(mvtec_ad2 / "can")) == ["bad/001_regular.png", "good/000_regular.png",
+                                                        "test_private/000_regular.png",
+                                                        "test_private_mixed/000_mixed.png"]
     (mvtec_ad2 / "can" / "test_public" / "ground_truth" / "bad" / "001_regular_mask.png").unlink()
     with pytest.raises(DatasetError, match=r"bad/001_regular.png: its ground-truth mask .*001_regular_mask.png is "
                                            "missing"):
@@ -151,6 +155,7 @@ def test_kolektorsdd2_never_trains_on_its_defective_training_images(tmp_path: Pa
     assert category.layout == "kolektorsdd2"
     assert names(category.train_images) == ["train/10000.png", "train/10002.png"]
     assert names(collect_images(root, training=True)) == ["train/10000.png", "train/10002.png"]
+    assert names(collect_images(root)) == ["test/20000.png", "test/20001.png"]  # never the _GT masks
     assert [(s.image.name, s.is_anomalous, s.mask and s.mask.name) for s in category.test_samples] == [
         ("20000.png", False, None), ("20001.png", True, "20001_GT.png")]
     (root / "test" / "20000_GT.png").unlink()
@@ -209,7 +214,7 @@ def test_unknown_layouts_and_names(tmp_path: Path, mvtec_ad2: Path) -> None:
     image(tmp_path / "plain" / "a.png")
     with pytest.raises(DatasetError, match=r"plain: no dataset layout recognised"):
         load_dataset(tmp_path / "plain")
-    with pytest.raises(DatasetError, match=r"neither a VisA category nor a folder of them"):
+    with pytest.raises(DatasetError, match=r"not in VisA layout \(neither one category nor a folder of them\)"):
         load_dataset(mvtec_ad2, layout_name="visa")
     with pytest.raises(DatasetError, match=r"no category fabric \(found: can\)"):
         load_dataset(mvtec_ad2, names=["fabric"])

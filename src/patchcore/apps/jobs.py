@@ -20,7 +20,9 @@ PREDICT_CHUNK = 64
 
 def fit_category(category: Category, make_model: Callable[[], Detector], out_dir: Path) -> dict:
     """Fit a fresh model on the category's good training images and save it as `out_dir/NAME`."""
-    model = make_model().fit(list(category.train_images))
+    from patchcore.evaluation.evaluate import fit_on
+
+    model = fit_on(category, make_model)
     saved = model.save(out_dir / category.name)
     return {"category": category.name, "n_train_images": model.n_train_images_, "model_dir": str(saved)}
 

@@ -22,7 +22,8 @@ from patchcore.io.images import list_images
 @dataclass(frozen=True)
 class Layout:
     """One published layout: `is_category` recognises one category's folder, `load` reads it (checked), and
-    `training_images` lists its good training images without reading the test set."""
+    `training_images` lists its good training images without reading the test set (`validation_images`, the
+    independent good images some layouts have)."""
 
     name: str
     title: str
@@ -30,10 +31,15 @@ class Layout:
     is_category: Callable[[Path], bool]
     load: Callable[[Path], Category]
     training_images: Callable[[Path], list[Path]]
+    validation_images: Callable[[Path], list[Path]] | None = None
 
 
 def _train_folder(name: str) -> Callable[[Path], list[Path]]:
     return lambda folder: list_images(folder / "train" / name)
+
+
+def _validation_folder(folder: Path) -> list[Path]:
+    return list_images(folder / "validation" / GOOD) if (folder / "validation" / GOOD).is_dir() else []
 
 
 def _is_mvtec(folder: Path) -> bool:
@@ -43,10 +49,11 @@ def _is_mvtec(folder: Path) -> bool:
 # Checked in this order: the MVTec variants before MVTec AD, whose train/good they share.
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("mvtec_ad2", "MVTec AD 2", "Heckler-Kram et al. 2025, the dataset's MVTecAD2 class",
-           is_mvtec_ad2, load_mvtec_ad2, _train_folder(GOOD)),
+           is_mvtec_ad2, load_mvtec_ad2, _train_folder(GOOD), _validation_folder),
     Layout("mvtec_loco", "MVTec LOCO AD", "Bergmann et al. 2022 (IJCV)", is_mvtec_loco, load_mvtec_loco,
-           _train_folder(GOOD)),
-    Layout("mvtec", "MVTec AD (MPDD has the same layout)", "Bergmann et al. 2019/2021", _is_mvtec, load_mvtec,
+           _train_folder(GOOD), _validation_folder),
+    Layout("mvtec", "MVTec AD", "Bergmann et al. 2019/2021; MPDD (Jezek et al. 2021) has the same layout",
+           _is_mvtec, load_mvtec,
            _train_folder(GOOD)),
     Layout("btad", "BTAD (BeanTech)", "Mishra et al. 2021", is_btad, load_btad, _train_folder("ok")),
     Layout("visa", "VisA", "Zou et al. 2022, split_csv/1cls.csv of amazon-science/spot-diff", is_visa_object,
@@ -90,7 +97,8 @@ def find_categories(root: Path, layout_name: str | None = None) -> tuple[str, li
         if found:
             return layout.name, found
     if layout_name:
-        raise DatasetError(f"{root}: neither a {LAYOUTS[layout_name].title} category nor a folder of them")
+        raise DatasetError(f"{root}: not in {LAYOUTS[layout_name].title} layout (neither one category nor a folder of "
+                           "them)")
     raise DatasetError(f"{root}: no dataset layout recognised (known: {', '.join(LAYOUT_NAMES)}); for a folder of "
                        "your own, put good images in good/ and defects in bad/ (masks in masks/), or list them "
                        "in a CSV manifest")
@@ -125,19 +133,67 @@ def load_dataset(root: Path, layout_name: str | None = None, names: list[str] | 
     return categories
 
 
+def published_layout(folder: Path) -> Layout | None:
+    """The published layout (not our labelled folder) whose category `folder` is."""
+    return next((layout for layout in LAYOUTS.values() if layout.name != "folder" and layout.is_category(folder)),
+                None)
+
+
 def training_images(folder: Path) -> list[Path] | None:
     """The good training images of a category folder in a published layout; None for any other folder of
     images. A dataset root of several categories is refused: one model per category. A labelled folder of our
     own (good/ beside bad/) is no published layout: fit refuses it, naming bad/, rather than guess a split."""
-    published = [layout for layout in LAYOUTS.values() if layout.name != "folder"]
-    layout = next((layout for layout in published if layout.is_category(folder)), None)
+    layout = published_layout(folder)
     if layout is not None:
         return layout.training_images(folder)
     children = sorted(p for p in folder.iterdir() if p.is_dir())
-    for layout in published:
+    for layout in LAYOUTS.values():
+        if layout.name == "folder":
+            continue
         found = [child.name for child in children if layout.is_category(child)]
         if found:
             listed = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
             raise DatasetError(f"{folder}: a {layout.title} dataset of {len(found)} categories ({listed}): fit one "
                                "category's folder (one model per product)")
     return None
+
+
+def test_images(folder: Path) -> list[Path] | None:
+    """What `predict` scores for a category folder of a published layout: its test images (labelled, then any
+    unlabelled split), never its training images or masks; None for any other folder."""
+    layout = published_layout(folder)
+    if layout is None:
+        return None
+    if layout.name == "mvtec":  # read without its masks: predicting needs none
+        if not (folder / "test").is_dir():
+            raise DatasetError(f"{folder}: an MVTec-style category without test/: predict its images by naming "
+                               "their folder or files")
+        return list_images(folder / "test")
+    category = layout.load(folder)
+    return [sample.image for sample in category.test_samples] + [
+        image for _, images in category.unlabelled for image in images]
+
+
+def describe_dataset(root: Path, categories: list[Category]) -> str:
+    """What a dataset holds: its layout, then per category its images per split and label, masks, unlabelled
+    splits."""
+    layouts = sorted({category.layout for category in categories})
+    titles = ", ".join(LAYOUTS[name].title if name in LAYOUTS else "CSV manifest" for name in layouts)
+    lines = [f"{root}: {titles} layout, {len(categories)} categor{'y' if len(categories) == 1 else 'ies'}"]
+    for category in categories:
+        good = sum(not s.is_anomalous for s in category.test_samples)
+        types: dict[str, int] = {}
+        for sample in category.test_samples:
+            if sample.is_anomalous:
+                types[sample.defect_type] = types.get(sample.defect_type, 0) + 1
+        with_mask = sum(s.mask is not None for s in category.test_samples if s.is_anomalous)
+        lines.append(f"{category.name} at {category.root}")
+        lines.append(f"  train: {len(category.train_images)} good")
+        if category.validation_images:
+            lines.append(f"  validation: {len(category.validation_images)} good (they set the threshold)")
+        defects = ", ".join(f"{count} {name}" for name, count in sorted(types.items()))
+        lines.append(f"  test: {good} good, {sum(types.values())} defective ({defects}); "
+                     f"masks for {with_mask} of {sum(types.values())}")
+        for split, images in category.unlabelled:
+            lines.append(f"  {split}: {len(images)} without labels (predicted for a submission)")
+    return "\n".join(lines)

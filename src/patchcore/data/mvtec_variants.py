@@ -24,7 +24,8 @@ def load_mvtec_ad2(folder: Path) -> Category:
     if not test_root.is_dir():
         raise DatasetError(f"{test_root}: missing (MVTec AD 2's labelled test set: test_public/good, "
                            "test_public/bad and test_public/ground_truth/bad)")
-    samples = type_folder_samples(test_root, test_root / "ground_truth",
+    truth = test_root / "ground_truth"
+    samples = type_folder_samples(test_root, truth if truth.is_dir() else None,
                                   lambda truth, image: truth / f"{image.stem}_mask.png")
     unlabelled = tuple((split, tuple(list_images(folder / split)))
                        for split in AD2_UNLABELLED_SPLITS if (folder / split).is_dir())

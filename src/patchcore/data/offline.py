@@ -27,6 +27,8 @@ from PIL import Image
 from scipy.ndimage import binary_dilation, gaussian_filter
 from tqdm.auto import tqdm
 
+from patchcore.data.categories import load_mvtec
+from patchcore.data.convert import CONVERTIBLE_LAYOUTS, write_layout
 from patchcore.errors import DatasetError
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -449,10 +451,15 @@ def build_elpv_module(name: str, root: Path, seed: int = 0, n_train: int = 20, n
 
 
 def build_offline_benchmarks(
-    root: str | Path, categories: tuple[str, ...] = OFFLINE_CATEGORIES, seed: int = 0, progress: bool = False
+    root: str | Path, categories: tuple[str, ...] = OFFLINE_CATEGORIES, seed: int = 0, progress: bool = False,
+    layout: str = "mvtec",
 ) -> Path:
-    """Write the chosen categories under `root` (each written whole or not at all) with a `benchmark.json`."""
+    """Write the chosen categories under `root` (each written whole or not at all) with a `benchmark.json`, in
+    MVTec AD layout or, the same images, in VisA's or MVTec AD 2's (`patchcore.data.convert`)."""
     root = Path(root)
+    if layout not in ("mvtec", *CONVERTIBLE_LAYOUTS):
+        raise DatasetError(f"unknown layout {layout!r} for the offline benchmarks; choose from mvtec, "
+                           f"{', '.join(CONVERTIBLE_LAYOUTS)}")
     unknown = [c for c in categories if c not in OFFLINE_CATEGORIES]
     if unknown:
         raise DatasetError(f"unknown offline categories {unknown}; choose from {OFFLINE_CATEGORIES}")
@@ -473,6 +480,9 @@ def build_offline_benchmarks(
                 description[category] = build_elpv_module(category, staging, seed)
             else:
                 description[category] = build_elpv(category.removeprefix("elpv_"), staging, seed)
+            if layout != "mvtec":
+                write_layout(load_mvtec(staging / category), root, layout)
+                continue
             target = root / category
             if target.exists():
                 shutil.rmtree(target)

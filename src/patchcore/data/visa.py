@@ -63,8 +63,10 @@ def load_visa(folder: Path) -> Category:
         return path
 
     train = tuple(existing(row, "image") for row in rows if row["split"] == "train")
+    # Image-level labels only when no anomalous row names a mask; otherwise each needs its own.
+    with_masks = any(row["mask"] for row in rows if row["label"] == ANOMALY)
     samples = [TestSample(existing(row, "image"), GOOD if row["label"] == NORMAL else DEFECT_TYPE,
-                          existing(row, "mask") if row["label"] == ANOMALY else None)
+                          existing(row, "mask") if row["label"] == ANOMALY and with_masks else None)
                for row in rows if row["split"] == "test"]
     if not train:
         raise DatasetError(f"{split_file}: no train rows for object {folder.name!r}")

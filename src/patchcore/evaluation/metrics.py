@@ -51,7 +51,7 @@ class PixelMetrics:
     """Streams (anomaly map, mask) pairs into histograms; then pixel AUROC and PRO.
 
     Memory is O(bins x regions), whatever the number of pixels. Scores must be >= 0 (distances are).
-    Histogram range [0, upper) doubles, merging bin pairs exactly, whenever a larger score arrives;
+    Histogram range [0, upper), a power of two, doubles, merging bin pairs exactly, whenever a larger score arrives;
     pixels sharing a bin count as tied, which is how ROC curves treat equal scores.
     """
 
@@ -90,7 +90,11 @@ class PixelMetrics:
 
     def _grow_to(self, peak: float) -> None:
         if self.upper is None:
-            self.upper = max(peak, 1e-12) * (1 + 1e-9)
+            # A power of two, doubled as needed: the final range, and so every metric, is the same whatever the
+            # order the maps come in (the same test set read in two layouts gives the same numbers).
+            self.upper = 2.0 ** np.ceil(np.log2(max(peak, 1e-12)))
+            if peak >= self.upper:
+                self.upper *= 2.0
             return
         while peak >= self.upper:
             self.upper *= 2.0

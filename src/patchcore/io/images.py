@@ -170,10 +170,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def is_mvtec_category(folder: Path) -> bool:
-    return (folder / "train" / "good").is_dir()
-
-
 # Folder names that hold defects or masks in the layouts people have (VisA's Anomaly and Masks, MVTec's
 # ground_truth, bad / NG / NOK on lines): images under them are never good training images.
 DEFECT_FOLDER_NAMES = frozenset({"anomaly", "anomalies", "abnormal", "bad", "ng", "nok", "defect", "defects",
@@ -229,8 +225,8 @@ def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = F
     Files stay as given; a folder becomes its images, recursively, in a stable order; PIL images and arrays stay
     as they are; a torch tensor becomes its images (`tensor_images`). To fit (`training`), a category folder of a
     known dataset layout (MVTec AD, MVTec AD 2, VisA, ...: `patchcore.data.layouts`) gives its good training
-    images, and a plain folder holding folders named like defects or masks is refused. To predict, an MVTec AD
-    category gives its `test` images: predicting never scores the training set by accident.
+    images, and a plain folder holding folders named like defects or masks is refused. To predict, such a category
+    folder gives its test images: predicting never scores the training set (or masks) by accident.
     """
     if _is_tensor(inputs):
         inputs = tensor_images(inputs)
@@ -272,9 +268,7 @@ def training_images(folder: Path) -> list[Path]:
 
 
 def _images_to_predict(folder: Path) -> list[Path]:
-    if is_mvtec_category(folder):
-        if not (folder / "test").is_dir():
-            raise DatasetError(f"{folder}: an MVTec-style category without test/: predict its images by naming "
-                               "their folder or files")
-        return list_images(folder / "test")
-    return list_images(folder)
+    from patchcore.data.layouts import test_images
+
+    files = test_images(folder)
+    return list_images(folder) if files is None else files

@@ -228,17 +228,39 @@ def report_skipped(messages: Sequence[str]) -> None:
             click.echo(f"  {message}", err=True)
 
 
-def load_categories(root: Path, categories: str | None) -> list:
-    """The categories `--categories` names ('mvtec', a comma list, or all under ROOT), each checked
-    before any long work starts."""
-    from patchcore.data.categories import MVTEC_CATEGORIES, discover_categories, load_category
+def layout_options(function):
+    """--layout and the labelled folder's --good-dir / --defect-dirs / --mask-dir / --good-test-dir."""
+    from patchcore.data.layouts import LAYOUT_NAMES
+
+    options = [
+        click.option("--layout", type=click.Choice(LAYOUT_NAMES), default=None,
+                     help="The dataset's layout (default: recognised from ROOT; a .csv ROOT is a manifest)."),
+        click.option("--good-dir", default=None, help="Labelled folder: the good images' folder under ROOT."),
+        click.option("--defect-dirs", default=None, help="Labelled folder: defect folders, comma-separated."),
+        click.option("--mask-dir", default=None, help="Labelled folder: the masks' folder (<stem>.png or "
+                     "<stem>_mask.png, also under a folder named like the defect folder)."),
+        click.option("--good-test-dir", default=None, help="Labelled folder: good test images (default: the last "
+                     "20 % of the good images by name)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+LAYOUT_OPTION_NAMES = ("layout", "good_dir", "defect_dirs", "mask_dir", "good_test_dir")
+
+
+def load_categories(root: Path, categories: str | None, layout: str | None = None, **folder_options) -> list:
+    """The categories `--categories` names ('mvtec', a comma list, or all under ROOT) in ROOT's layout, each
+    checked before any long work starts."""
+    from patchcore.data.categories import MVTEC_CATEGORIES
+    from patchcore.data.layouts import load_dataset
 
     if categories == "mvtec":
-        names = list(MVTEC_CATEGORIES)
+        names, layout = list(MVTEC_CATEGORIES), layout or "mvtec"
     else:
-        names = categories.split(",") if categories else discover_categories(root)
-    return [load_category(root, name) for name in names]
-
+        names = categories.split(",") if categories else None
+    return load_dataset(root, layout, names, **folder_options)
 
 
 def echo_threshold(model, false_alarm_rate: float | None = None) -> None:
@@ -262,6 +284,6 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 def echo_metrics(result) -> None:
     pixel = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.1f}"
-    pro = "n/a" if result.pro is None else f"{result.pro:.1f}"
+    pro = "n/a" if result.pro is None else f"{result.pro:.1f} (to FPR 0.3), {result.pro_05:.1f} (to 0.05)"
     click.echo(f"  image AUROC {result.image_auroc:.1f}  pixel AUROC {pixel}  PRO {pro}")
 

@@ -20,13 +20,18 @@ from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
               help="DATA_DIR is a root of categories: fit each ('all', 'mvtec' or a comma list) into OUT/NAME.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @click.option("--validation", "validation_dir", default=None, type=click.Path(path_type=Path),
-              help="Independent good images (a folder) whose scores set the threshold, instead of a cross-fit.")
+              help="Independent good images (a folder) whose scores set the threshold, instead of a cross-fit "
+                   "(default for an MVTec AD 2 or LOCO category: its validation/good).")
+@click.option("--every-image", is_flag=True,
+              help="Learn every image under DATA_DIR as good, even in folders named like defects or masks and "
+                   "in a dataset's test split (fit refuses those otherwise).")
 @ensemble_option
 @ray_options
 def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, validation_dir: Path | None,
-        ensemble_presets: list[str] | None, use_ray: bool, ray_address: str | None, ray_threads: int | None,
-        **options) -> None:
-    """Fit on the good images in DATA_DIR (a folder, searched recursively, or an MVTec category's train/good)."""
+        every_image: bool, ensemble_presets: list[str] | None, use_ray: bool, ray_address: str | None,
+        ray_threads: int | None, **options) -> None:
+    """Fit on the good images in DATA_DIR: a folder of good images (searched recursively), or one category of a
+    dataset (MVTec AD, MVTec AD 2, VisA, LOCO, BTAD, KolektorSDD2), of which only its good training images."""
     from patchcore.apps.outputs import check_writable_folder
 
     check_writable_folder(out_dir)
@@ -34,6 +39,8 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
         fit_ensemble(data_dir, out_dir, ensemble_presets, categories, validation_dir, use_ray or ray_address, skip_bad,
                      options)
         return
+    if every_image and (categories is not None or ensemble_presets is not None):
+        raise click.UsageError("--every-image goes with one folder")
     if categories is not None:
         if validation_dir is not None:
             raise click.UsageError("--validation goes with one folder; with --categories each category's own images are used")
@@ -41,10 +48,7 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
         return
     if use_ray or ray_address:
         raise click.UsageError("--ray fits several categories in parallel: add --categories")
-    from patchcore.io.images import collect_images
-
-    files = collect_images(data_dir, training=True)  # a missing folder fails before the backbone loads
-    validation = None if validation_dir is None else collect_images(validation_dir)
+    files, validation = training_files(data_dir, validation_dir, every_image)  # fails before the backbone loads
     model = build(options)
     model.fit(files, validation=validation, skip_bad=skip_bad)
     report_skipped(model.skipped_images_)
@@ -52,6 +56,26 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
     click.echo(f"fitted on {model.n_train_images_} images: {fitted_state(model)}; saved to {out_dir}")
     click.echo(working_size_line(model))
     echo_threshold(model)
+
+
+def training_files(data_dir: Path, validation_dir: Path | None, every_image: bool) -> tuple[list, list | None]:
+    """The images to fit on and the validation images, saying which split of a known layout they are."""
+    from patchcore.data.layouts import published_layout
+    from patchcore.io.images import collect_images, list_images
+
+    if every_image:
+        files = list_images(data_dir) if data_dir.is_dir() else collect_images(data_dir)
+        click.echo(f"learning all {len(files)} images under {data_dir} as good (--every-image)")
+        return files, None if validation_dir is None else collect_images(validation_dir)
+    files = collect_images(data_dir, training=True)
+    layout = published_layout(data_dir) if data_dir.is_dir() else None
+    validation = None if validation_dir is None else collect_images(validation_dir)
+    if layout is not None:
+        if validation is None and layout.validation_images is not None:
+            validation = layout.validation_images(data_dir) or None
+        held = f"; its {len(validation)} validation images set the threshold" if validation else ""
+        click.echo(f"{data_dir}: a {layout.title} category: fitting on its {len(files)} good training images{held}")
+    return files, validation
 
 
 def fitted_state(model) -> str:

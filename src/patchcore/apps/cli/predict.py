@@ -15,8 +15,11 @@ MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, no
 @declared_command(main, declared_names=("device", "weights", "false_alarm_rate", "min_defect_area", "pixel_size"))
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for scores.csv, scores.json and heatmaps/.")
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
+              help="Folder for scores.csv, scores.json and heatmaps/ (required unless --submission).")
+@click.option("--submission", "submission_dir", default=None, type=click.Path(path_type=Path),
+              help="IMAGES are MVTec AD 2 object folders: write the maps of their test_private and "
+                   "test_private_mixed images here, as the evaluation server reads them.")
 @click.option("--skip-bad", is_flag=True, help=SKIP_BAD_HELP)
 @click.option("--heatmap-size", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Heatmap overlays hold at most this many pixels squared, aspect kept (1024: about a megapixel); "
@@ -24,7 +27,8 @@ MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, no
 @click.option("--no-heatmaps", is_flag=True, help="Write scores only.")
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
 @ray_options
-def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: str | None, weights: str | None,
+def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path | None, submission_dir: Path | None,
+            device: str | None, weights: str | None,
             false_alarm_rate: float | None, min_defect_area: float | None, pixel_size: float | None, skip_bad: bool,
             heatmap_size: int, no_heatmaps: bool, workers: int, use_ray: bool, ray_address: str | None,
             ray_threads: int | None) -> None:
@@ -39,10 +43,15 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, device: st
     from patchcore.apps.outputs import ScoresWriter, check_writable_folder
     from patchcore.io.files import output_names
 
-    check_writable_folder(out_dir)
     if false_alarm_rate is not None:
         validate_false_alarm_rate(false_alarm_rate)
     size_rule = {"min_defect_area": min_defect_area, "pixel_size": pixel_size}
+    if submission_dir is not None:
+        predict_submission(model_dir, images, submission_dir, device, weights, size_rule, false_alarm_rate)
+        return
+    if out_dir is None:
+        raise click.UsageError("--out is required (or --submission for MVTec AD 2's held-back test sets)")
+    check_writable_folder(out_dir)
     threads = ray_settings(use_ray, ray_address, ray_threads, 1)
     files = [file for file in collect_images(list(images)) if not is_inside(file, out_dir)]  # never our own outputs
     if not files:
@@ -103,3 +112,26 @@ def monitor(model_dir: Path, images: tuple[Path, ...], device: str | None) -> No
     if report.warning:
         sys.exit(1)
 
+
+
+def predict_submission(model_dir: Path, folders: tuple[Path, ...], submission_dir: Path, device: str | None,
+                       weights: str | None, size_rule: dict, false_alarm_rate: float | None) -> None:
+    """One model's maps of its MVTec AD 2 object's held-back test sets, into a submission folder."""
+    from patchcore.apps.jobs import with_size_rule
+    from patchcore.apps.outputs import check_writable_folder
+    from patchcore.data.mvtec_variants import is_mvtec_ad2, load_mvtec_ad2
+    from patchcore.data.submission import write_submission_maps
+    from patchcore.methods import load_model
+
+    if false_alarm_rate is not None:
+        raise click.UsageError("--submission thresholds maps at the model's own pixel threshold")
+    check_writable_folder(submission_dir, "--submission")
+    categories = []
+    for folder in folders:
+        if not is_mvtec_ad2(folder):
+            raise click.UsageError(f"{folder}: not an MVTec AD 2 object folder (train/good and test_private)")
+        categories.append(load_mvtec_ad2(folder))
+    model = with_size_rule(load_model(model_dir, device=device, weights=weights), size_rule)
+    for category in categories:
+        written = write_submission_maps(model, category, submission_dir)
+        click.echo(f"{category.name}: wrote {written} maps and thresholded maps under {submission_dir}")
