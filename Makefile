@@ -9,6 +9,9 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch; a plain `torch` would pull a multi-GB CUDA build.
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[data,elpv,ray,test]'
+	# The official DINOv2 code, the reference our ViT is tested against; its declared dependencies (torchvision,
+	# xformers) are not needed for the model code, and PyPI's torchvision does not import beside this torch.
+	$(PYTHON) -m pip install --quiet --no-deps dinov2==0.0.1.dev2
 	touch $@
 
 .PHONY: install demo test quick

@@ -94,3 +94,58 @@ def test_every_registered_default_tap_exists() -> None:
         module = spec.build()
         names = [step_name for step_name, _ in module.stages()]
         assert set(spec.default_layers) <= set(names), name
+
+
+def reference_dinov2(chunks: int):
+    """The official DINOv2 ViT-S/14 (PyPI `dinov2`, the code the hub checkpoints were made with), random weights
+    with non-trivial layer scales and class token."""
+    from functools import partial
+
+    vision_transformer = pytest.importorskip("dinov2.models.vision_transformer", reason="pip install --no-deps dinov2")
+    from dinov2.layers import MemEffAttention, NestedTensorBlock
+
+    torch.manual_seed(0)
+    reference = vision_transformer.DinoVisionTransformer(
+        img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, init_values=1e-5,
+        block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention), block_chunks=chunks).eval()
+    for name, parameter in reference.named_parameters():
+        if "gamma" in name or "cls_token" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return reference
+
+
+@pytest.mark.parametrize("chunks", [0, 4])  # the hub's checkpoints are unchunked; training code chunks blocks
+def test_dinov2_patch_tokens_equal_the_official_code_on_a_non_square_image(tmp_path: Path, chunks: int) -> None:
+    reference = reference_dinov2(chunks)
+    torch.save(reference.state_dict(), tmp_path / "dinov2_vits14_pretrain.pth")
+    loaded = load_backbone("dinov2_vits14", tmp_path / "dinov2_vits14_pretrain.pth")  # through the key conversion
+    images = torch.randn(2, 3, 14 * 9, 14 * 13)  # 9 x 13 patches: the 37 x 37 embeddings interpolated
+    with torch.inference_mode():
+        expected = reference.get_intermediate_layers(images, n=[4, 8], reshape=True, norm=False)
+        expected_last = reference.forward_features(images)["x_norm_patchtokens"]
+        tokens, taps = images, {}
+        for name, step in loaded.module.stages():
+            tokens = step(tokens)
+            taps[name] = loaded.module.feature_map(tokens, images.shape[-2:])
+    assert taps["blocks.4"].shape == (2, 384, 9, 13)
+    torch.testing.assert_close(taps["blocks.4"], expected[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(taps["blocks.8"], expected[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(taps["norm"].flatten(2).transpose(1, 2), expected_last, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_dinov2_fits_and_predicts_a_non_square_image_whole_and_tiled() -> None:
+    import numpy as np
+
+    from patchcore import PatchCore
+    from tests.helpers import paste_defect
+
+    photo = texture_photo("brick")
+    good = [photo[y : y + 150, x : x + 230] for y in (0, 160) for x in (0, 240)]
+    defect = paste_defect(photo[320:470, 0:230], 40, 60, 40, texture_photo("gravel")[:40, :40])
+    for tile_size in (None, 112):
+        model = PatchCore(backbone="dinov2_vits14", weights="random", tile_size=tile_size).fit(good)
+        assert model.extractor_.grid_stride == 14 and model.preprocessor_.working_size((230, 150)) == (252, 168)
+        [prediction] = model.predict([defect])
+        assert prediction.anomaly_map.shape == (150, 230)
+        assert np.isfinite(prediction.anomaly_map).all() and prediction.score > 0

@@ -14,6 +14,7 @@ import torch
 from patchcore.backbones.base import Backbone
 from patchcore.backbones.efficientnet_lite import build_efficientnet_lite
 from patchcore.backbones.resnet import build_resnet
+from patchcore.backbones.vit import build_dinov2
 from patchcore.errors import WeightsError
 from patchcore.io.files import file_sha256
 
@@ -49,6 +50,8 @@ class BackboneSpec:
     torch_hub_url: str | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Image sides are multiples of this: 16 keeps the CNNs' stride-8 and stride-16 grids aligned; a ViT's patch.
+    size_multiple: int = 16
 
 
 def _lite(variant: str, levels: tuple[str, str, str, str], feature_dim: int | Literal["raw"], file: str, note: str) -> BackboneSpec:
@@ -76,6 +79,22 @@ def _resnet(name: str, feature_dim: int, url: str, note: str) -> BackboneSpec:
     )
 
 
+def _dinov2(name: str, depth: int, feature_dim: int | Literal["raw"]) -> BackboneSpec:
+    quarter = depth // 4
+    return BackboneSpec(
+        name=name,
+        build=partial(build_dinov2, name),
+        # Intermediate blocks' patch tokens, as SuperAD and the PatchCore-on-ViT variants tap them: the last
+        # block's tokens (AnomalyDINO's) are `--layers norm`.
+        default_layers=(f"blocks.{3 * quarter - 1}", f"blocks.{depth - 1}"),
+        default_feature_dim=feature_dim,
+        description="DINOv2 (self-supervised ViT, 14 px patches); official checkpoint by path or torch-hub",
+        levels=tuple(f"blocks.{(i + 1) * quarter - 1}" for i in range(4)),
+        torch_hub_url=f"https://dl.fbaipublicfiles.com/dinov2/{name}/{name}_pretrain.pth",
+        size_multiple=14,
+    )
+
+
 # Default taps: levels 2 and 3 (the ends of the stride-8 and stride-16 stages), as WRN50 layer2 + layer3.
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
@@ -96,6 +115,9 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "torchvision-format weights by path or torch-hub"),
         _resnet("resnet18", 384, "https://download.pytorch.org/models/resnet18-f37072fd.pth",
                 "torchvision-format weights by path or torch-hub"),
+        _dinov2("dinov2_vits14", 12, "raw"),
+        _dinov2("dinov2_vitb14", 12, 1024),
+        _dinov2("dinov2_vitl14", 24, 1024),
     )
 }
 

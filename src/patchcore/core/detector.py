@@ -240,7 +240,7 @@ class Detector(BaseEstimator, Calibrated, ABC):
         replay = self.device_.type == "cuda" and self.cuda_graphs
         self._network = GraphReplay(self.extractor_) if replay else self.extractor_
         self.preprocessor_ = Preprocessor(working_size, spec.mean, spec.std, self.center_crop, self._tile_size(),
-                                          self.extractor_.grid_stride)
+                                          self.extractor_.grid_stride, spec.size_multiple)
 
     def _loop(self, skipped: list[str] | None = None) -> BatchLoop:
         """The loop over images with this model's preprocessing; `skipped` collects unreadable images instead of raising."""

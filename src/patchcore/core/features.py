@@ -63,6 +63,9 @@ class FeatureExtractor(nn.Module):
         # (benchmarks/batchnorm_fusion.py), same features to 2e-5.
         self.steps = fuse_batchnorm(nn.ModuleList(step for _, step in steps[: last + 1]))
         self.step_names = names[: last + 1]
+        # A transformer's steps pass tokens; its taps become maps of the image (CNN taps are maps already).
+        self.feature_map = getattr(backbone.module, "feature_map", None)
+        self.size_multiple = backbone.spec.size_multiple
         self.layers = tuple(layers)
         self.global_layer = global_layer
         self.patch_size = patch_size
@@ -90,8 +93,9 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def _probe(self) -> tuple[list[int], int]:
         """The tapped layers' channels, and the finest tap's stride in pixels."""
-        taps = self._taps(torch.zeros(1, 3, 64, 64))
-        return [taps[layer].shape[1] for layer in self.layers], 64 // max(taps[layer].shape[-1] for layer in self.layers)
+        side = 4 * self.size_multiple
+        taps = self._taps(torch.zeros(1, 3, side, side))
+        return [taps[layer].shape[1] for layer in self.layers], side // max(taps[layer].shape[-1] for layer in self.layers)
 
     def _taps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         taps = {}
@@ -99,7 +103,7 @@ class FeatureExtractor(nn.Module):
         for name, step in zip(self.step_names, self.steps):
             x = step(x)
             if name in self.layers or name == self.global_layer:
-                taps[name] = x
+                taps[name] = x if self.feature_map is None else self.feature_map(x, images.shape[-2:])
         return taps
 
     def _autocast_taps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -123,11 +123,12 @@ class Preprocessor:
     center_crop: int | None = None
     tile_size: int | None = None
     stride: int = 8
+    size_multiple: int = SIZE_MULTIPLE  # the backbone's: 16 for the CNNs, the patch size for a ViT
 
     @property
     def multiple(self) -> int:
         """Working sizes and tile sizes are multiples of this: whole patches at every tapped level."""
-        return math.lcm(SIZE_MULTIPLE, self.stride)
+        return math.lcm(self.size_multiple, self.stride)
 
     def working_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) the image of (width, height) `size` is resized to, before any crop."""

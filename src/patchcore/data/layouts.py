@@ -78,13 +78,15 @@ def find_categories(root: Path, layout_name: str | None = None) -> tuple[str, li
     """(layout name, category folders) of a dataset root or of one category's folder; `layout_name` forces
     the layout. A CSV manifest is its own layout (its categories are in its rows)."""
     root = Path(root)
-    if root.is_file() and (layout_name in (None, CSV)) and root.suffix.lower() == ".csv":
-        return CSV, [root]
     if not root.exists():
-        raise DatasetError(f"{root}: no such dataset folder")
-    if layout_name == CSV or (root.is_file()):
-        raise DatasetError(f"{root}: a CSV manifest is a .csv file (columns path, label, optional mask, split, "
-                           "category)")
+        raise DatasetError(f"{root}: no such dataset folder or manifest")
+    if root.is_file():
+        if root.suffix.lower() == ".csv" and layout_name in (None, CSV):
+            return CSV, [root]
+        raise DatasetError(f"{root}: a file; a dataset is a folder, or a .csv manifest (--layout csv)")
+    if layout_name == CSV:
+        raise DatasetError(f"{root}: --layout csv takes the manifest's .csv file (columns path, label; optional "
+                           "mask, split, category, defect_type)")
     if layout_name is not None and layout_name not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout_name!r}; known: {', '.join(LAYOUT_NAMES)}")
     candidates = [LAYOUTS[layout_name]] if layout_name else list(LAYOUTS.values())
