@@ -149,3 +149,51 @@ def test_dinov2_fits_and_predicts_a_non_square_image_whole_and_tiled() -> None:
         [prediction] = model.predict([defect])
         assert prediction.anomaly_map.shape == (150, 230)
         assert np.isfinite(prediction.anomaly_map).all() and prediction.score > 0
+
+
+@pytest.fixture()
+def loopback_download_site(tmp_path: Path):
+    """A web server on 127.0.0.1 standing in for download.pytorch.org: serves `tmp_path/site`."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield site, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_torch_hub_weights_download_into_a_fresh_cache_and_are_checked(loopback_download_site, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from patchcore.backbones.registry import TORCH_HUB_WEIGHTS, _torch_hub_weights_path
+    from patchcore.io.files import file_sha256
+
+    site, address = loopback_download_site
+    torch.save(get_backbone_spec("resnet18").build().state_dict(), site / "weights.pth")
+    digest = file_sha256(site / "weights.pth")
+    (site / f"resnet18-{digest[:8]}.pth").write_bytes((site / "weights.pth").read_bytes())
+    (site / "resnet18-00000000.pth").write_bytes((site / "weights.pth").read_bytes())  # a name it does not match
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "fresh_home"))  # no hub/checkpoints folder yet
+    spec = dataclasses.replace(get_backbone_spec("resnet18"), torch_hub_url=f"{address}/resnet18-{digest[:8]}.pth")
+    path = _torch_hub_weights_path(spec)
+    assert path == tmp_path / "fresh_home" / "hub" / "checkpoints" / f"resnet18-{digest[:8]}.pth"
+    assert file_sha256(path) == digest
+    monkeypatch.setattr("patchcore.backbones.registry.BACKBONES", {"resnet18": spec})
+    assert load_backbone("resnet18", TORCH_HUB_WEIGHTS).weights_sha256 == digest  # from the cache, no download
+    # A download whose hash differs from its name's is refused and leaves nothing in the cache.
+    wrong = dataclasses.replace(spec, torch_hub_url=f"{address}/resnet18-00000000.pth")
+    with pytest.raises(WeightsError, match=r"resnet18-00000000.pth: not in torch hub's cache and the download .* "
+                                           r"failed \(invalid hash value"):
+        _torch_hub_weights_path(wrong)
+    assert not (path.parent / "resnet18-00000000.pth").exists()
+    # A damaged file already in the cache is named, not loaded.
+    path.write_bytes(b"damaged")
+    with pytest.raises(WeightsError, match=rf"its SHA-256 does not start with {digest[:8]}"):
+        _torch_hub_weights_path(spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -208,18 +209,32 @@ def _packaged_weights_path(packaged: PackagedWeights) -> Path:
     return path
 
 
+# torchvision's checkpoint names end in the first hex digits of the file's SHA-256 ("...-95faca4d.pth").
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+
+
 def _torch_hub_weights_path(spec: BackboneSpec) -> Path:
+    """The checkpoint in torch hub's cache (`$TORCH_HOME/hub/checkpoints`), downloaded there when missing (the user
+    asked for torch-hub weights), its SHA-256 checked against the hash in its name where it has one."""
     if spec.torch_hub_url is None:
         raise WeightsError(f"backbone {spec.name!r} has no torch hub source")
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.torch_hub_url).name
+    name = Path(spec.torch_hub_url).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    match = HASH_IN_NAME.search(name)
+    expected = match.group(1) if match else None
     if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no checkpoints folder yet
         try:
-            torch.hub.download_url_to_file(spec.torch_hub_url, str(path), progress=True)
-        except Exception as error:  # network errors come in many types
+            torch.hub.download_url_to_file(spec.torch_hub_url, str(path), hash_prefix=expected, progress=True)
+        except Exception as error:  # network errors come in many types; a hash mismatch is a RuntimeError
+            path.unlink(missing_ok=True)
             raise WeightsError(
                 f"{path}: not in torch hub's cache and the download from {spec.torch_hub_url} failed "
                 f"({error}); give weights=FILE (command line: --weights FILE) instead"
             ) from error
+    if expected is not None and not file_sha256(path).startswith(expected):
+        raise WeightsError(f"{path}: its SHA-256 does not start with {expected}, the hash in its name: a damaged or "
+                           "different file; delete it to download it again, or give weights=FILE")
     return path
 
 
