@@ -37,6 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # stride-4 and stride-8 taps, a 1 % coreset. Small defects on 1200 x 900 modules: map maximum on the
     # defect 93 / 97 % (default 60 / 53 %); it loses on defects as wide as a 300 px cell.
     "small-defects": {"patch_size": 1, "layers": ("level1", "level2"), "coreset_ratio": 0.01},
+    # AnomalyDINO's published settings (Damm et al., WACV 2025): DINOv2 ViT-S/14, the last block's normed patch
+    # tokens, no neighbourhood averaging, cosine distance, images at 448 px, the whole bank. Its image score (the
+    # mean of the top 1 % patch distances) is not reproduced: the score stays PatchCore's maximum. Needs the
+    # official checkpoint (--weights FILE or torch-hub); not measured here (no weights in any registry).
+    "anomalydino": {"backbone": "dinov2_vits14", "layers": ("norm",), "patch_size": 1, "distance": "cosine",
+                    "image_size": 448, "sampler": "none", "reweight": False},
 }
 
 

@@ -140,3 +140,19 @@ def test_onnx_maps_come_back_at_each_images_own_size(train_crops, good_test_crop
         # Tiles: the library's own mapping code, so equal; whole: the graph's 256 px map resized, so close.
         tolerance = 1e-4 if tile_size else 0.01 * float(prediction.anomaly_map.max())
         np.testing.assert_allclose(onnx_map, prediction.anomaly_map, atol=tolerance, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_dinov2_model_exports_and_matches_the_library(train_crops, defect_crop, tmp_path: Path) -> None:
+    """A ViT at a working size of 14 px multiples (not 16) through the image graph: the file's metadata carries
+    the multiple, so onnxruntime's inputs are the library's."""
+    crop = np.s_[4:124, 4:124]
+    model = PatchCore(backbone="dinov2_vits14", weights="random", coreset_ratio=0.25, threshold_folds=2,
+                      index="exact", device="cpu").fit([image[crop] for image in train_crops[:6]])
+    assert model.preprocessor_.working_size((120, 120)) == (252, 252)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert max(check_against_pytorch(model, path).values()) < 1e-4
+    [(score, onnx_map)] = predict_with_onnx(path, [defect_crop[0][crop]])
+    [prediction] = model.predict([defect_crop[0][crop]])
+    assert score == pytest.approx(prediction.score, abs=1e-4)
+    np.testing.assert_allclose(onnx_map, prediction.anomaly_map, atol=0.01 * float(prediction.anomaly_map.max()), rtol=0)

@@ -159,3 +159,11 @@ def test_predict_never_waits_for_the_device_per_image(fitted_model, good_test_cr
 
     assert len(good_test_crops) >= 4
     assert scalar_reads(good_test_crops[:1]) == scalar_reads(good_test_crops[:4]) <= 2
+
+
+def test_cosine_distance_scores_unit_length_features(train_crops, good_test_crops, defect_crop) -> None:
+    model = PatchCore(distance="cosine", coreset_ratio=0.1, holdout_fraction=0.1, image_size=128).fit(train_crops)
+    np.testing.assert_allclose(np.linalg.norm(model.memory_bank_, axis=1), 1.0, atol=1e-5)
+    good, defect = model.predict([good_test_crops[0], defect_crop[0]])
+    assert 0 < good.score < defect.score <= 2.0  # Euclidean distance between unit vectors: sqrt(2 - 2 cos) <= 2
+    assert defect.anomaly_map.max() <= 2.0

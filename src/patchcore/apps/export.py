@@ -235,6 +235,7 @@ def _add_metadata(path: Path, model: PatchCore) -> None:
                      "working_size": list(preprocessor.working_size(model.training_size_)),
                      "center_crop": preprocessor.center_crop, "training_image_size": list(model.training_size_),
                      "mean": list(preprocessor.mean), "std": list(preprocessor.std),
+                     "grid_stride": preprocessor.stride, "size_multiple": preprocessor.size_multiple,
                      "order": "RGB, resize (bilinear) to working_size (width, height), centre crop when center_crop "
                               "is set, /255, (x - mean) / std; maps come back on that input (input_width x "
                               "input_height)"}
@@ -283,8 +284,10 @@ def predict_with_onnx(path: str | Path, images: list, batch_size: int = 4) -> li
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     settings = json.loads(metadata["preprocessing"])
+    # Files exported before the sizes' multiple was recorded were all CNNs: stride 8, multiples of 16.
     preprocessor = Preprocessor(tuple(settings["working_size"]), tuple(settings["mean"]), tuple(settings["std"]),
-                                settings["center_crop"])
+                                settings["center_crop"], stride=settings.get("grid_stride", 8),
+                                size_multiple=settings.get("size_multiple", 16))
     pictures = [load_image(image) for image in images]
     inputs = [preprocessor(picture).numpy() for picture in pictures]
     if metadata["graph"] == "image":

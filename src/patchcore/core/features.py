@@ -41,9 +41,11 @@ class FeatureExtractor(nn.Module):
         feature_dim: int | None,
         stride: int = 1,
         global_layer: str | None = None,
+        unit_length: bool = False,
     ) -> None:
         """`feature_dim` None keeps every tapped channel (raw concatenation, as SPADE and PaDiM use);
-        `global_layer` adds a globally pooled image vector from that stage (`forward_with_global`)."""
+        `global_layer` adds a globally pooled image vector from that stage (`forward_with_global`);
+        `unit_length` scales each patch feature to length 1, so Euclidean distances order as cosine distances."""
         super().__init__()
         steps = backbone.module.stages()
         names = [name for name, _ in steps]
@@ -68,6 +70,7 @@ class FeatureExtractor(nn.Module):
         self.size_multiple = backbone.spec.size_multiple
         self.layers = tuple(layers)
         self.global_layer = global_layer
+        self.unit_length = unit_length
         self.patch_size = patch_size
         self.stride = stride
         self.autocast_dtype: torch.dtype | None = None  # set by the detector from its `precision`
@@ -145,4 +148,5 @@ class FeatureExtractor(nn.Module):
                 grid = F.interpolate(grid, size=target, mode="bilinear", align_corners=False)
             grid = grid.permute(0, 2, 3, 1)
             merged.append(grid if pooling is None else grid @ pooling)
-        return torch.cat(merged, dim=-1).contiguous()
+        features = torch.cat(merged, dim=-1).contiguous()
+        return F.normalize(features, dim=-1) if self.unit_length else features

@@ -67,6 +67,10 @@ class PatchCore(Detector):
                                "defects of a few pixels far better, and loses on wide defects and textures.",
                            check=Range(1))
     patch_stride: int = param(1, "Stride s on the patch grid (Eq. 3).", check=Range(1))
+    distance: str = param(
+        "euclidean", "Distance between patch features: euclidean (the paper's), or cosine (each feature scaled to "
+                     "length 1 first, so the search's Euclidean distance sqrt(2 - 2 cos) orders as cosine distance: "
+                     "AnomalyDINO's, for ViT tokens).", check=OneOf(("euclidean", "cosine")))
     sampler: str = param("greedy_coreset", "Memory-bank subsampling: greedy_coreset, random, learned_proxies "
                                            "(Eq. 8, with the softmax weight exp(-distance)) or none.",
                          check=OneOf(tuple(SAMPLERS)))
@@ -113,7 +117,7 @@ class PatchCore(Detector):
         # shares of it (the official code's); None: the backbone's default, one or the other.
         feature_dim = self._merge(backbone)
         return FeatureExtractor(backbone, layers, self.patch_size, None if feature_dim == RAW else feature_dim,
-                                stride=self.patch_stride)
+                                stride=self.patch_stride, unit_length=self.distance == "cosine")
 
     def _merge(self, backbone: LoadedBackbone) -> int | Literal["raw"]:
         return self.feature_dim or backbone.spec.default_feature_dim
