@@ -230,11 +230,12 @@ def report_skipped(messages: Sequence[str]) -> None:
 
 def layout_options(function):
     """--layout and the labelled folder's --good-dir / --defect-dirs / --mask-dir / --good-test-dir."""
-    from patchcore.data.layouts import LAYOUT_NAMES
-
+    # The names are checked where the layouts are declared (patchcore.data.layouts): importing that here would
+    # load numpy and Pillow for every command's --help.
     options = [
-        click.option("--layout", type=click.Choice(LAYOUT_NAMES), default=None,
-                     help="The dataset's layout (default: recognised from ROOT; a .csv ROOT is a manifest)."),
+        click.option("--layout", default=None,
+                     help="The dataset's layout: mvtec, mvtec_ad2, mvtec_loco, btad, visa, kolektorsdd2, folder or "
+                          "csv (default: recognised from ROOT; a .csv ROOT is a manifest)."),
         click.option("--good-dir", default=None, help="Labelled folder: the good images' folder under ROOT."),
         click.option("--defect-dirs", default=None, help="Labelled folder: defect folders, comma-separated."),
         click.option("--mask-dir", default=None, help="Labelled folder: the masks' folder (<stem>.png or "
