@@ -18,6 +18,7 @@ def test_fit_then_predict_writes_scores_and_heatmaps(image_folder: Path, defect_
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model" / "manifest.json").is_file()
     assert "inspects 128 x 128 images at 256 x 256 px (enlarged 2.00x), 1 tile each" in result.output
+    assert "tip:" not in result.output  # no preset suggested for small images
     # Without a terminal, a finished stage is one line, not a redrawn bar.
     assert "\r" not in result.output and re.search(r"^features: 12 images in \d+\.\d s$", result.output, re.M)
     query = tmp_path / "queries"
@@ -307,3 +308,14 @@ def test_commands_let_idle_openmp_threads_sleep_unless_told_otherwise(given, exp
               "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert f"policy {expected}" in out
+
+
+@pytest.mark.slow
+def test_fit_suggests_the_small_defects_preset_only_for_large_images(train_crops, fitted_model) -> None:
+    from patchcore import PatchCore
+    from patchcore.apps.cli.fit import preset_hint
+
+    assert preset_hint(fitted_model) is None  # 128 px working images
+    large = PatchCore(image_size=1024, coreset_ratio=0.01, threshold_folds=2).fit(train_crops[:2])
+    assert "--preset small-defects" in preset_hint(large)
+    assert preset_hint(large.set_params(patch_size=1)) is None  # a neighbourhood chosen already

@@ -111,16 +111,3 @@ def test_reduced_precision_features_stay_close_to_float32(train_crops) -> None:
     relative = float((reduced - full).norm() / full.norm())
     assert 1e-6 < relative < 0.05, relative  # bfloat16 keeps ~3 significant digits: close, not identical
 
-
-def test_coarse_scale_joins_the_shrunk_images_features_upsampled_to_the_patch_grid() -> None:
-    backbone = load_backbone("efficientnet_lite0")
-    single = FeatureExtractor(backbone, ("blocks.4", "blocks.10"), 3, None)
-    both = FeatureExtractor(backbone, ("blocks.4", "blocks.10"), 3, None, coarse_scale=0.5)
-    images = torch.rand(2, 3, 128, 192)
-    features = both(images)
-    assert both.feature_dim == 2 * single.feature_dim == 304 and features.shape == (2, 16, 24, 304)
-    torch.testing.assert_close(features[..., :152], single(images))  # the native half is the single-scale feature
-    small = F.interpolate(images, size=(64, 96), mode="bilinear", align_corners=False, antialias=True)
-    coarse = single(small).permute(0, 3, 1, 2)  # an 8 x 12 grid
-    expected = F.interpolate(coarse, size=(16, 24), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-    torch.testing.assert_close(features[..., 152:], expected)

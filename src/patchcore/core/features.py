@@ -42,13 +42,10 @@ class FeatureExtractor(nn.Module):
         stride: int = 1,
         global_layer: str | None = None,
         unit_length: bool = False,
-        coarse_scale: float | None = None,
     ) -> None:
         """`feature_dim` None keeps every tapped channel (raw concatenation, as SPADE and PaDiM use);
         `global_layer` adds a globally pooled image vector from that stage (`forward_with_global`);
-        `unit_length` scales each patch feature to length 1, so Euclidean distances order as cosine distances;
-        `coarse_scale` joins to each patch the features of a second pass over the image shrunk by that factor
-        (upsampled to the patch grid): a wider view of the same place, for defects wider than a patch sees."""
+        `unit_length` scales each patch feature to length 1, so Euclidean distances order as cosine distances."""
         super().__init__()
         steps = backbone.module.stages()
         names = [name for name, _ in steps]
@@ -74,7 +71,6 @@ class FeatureExtractor(nn.Module):
         self.layers = tuple(layers)
         self.global_layer = global_layer
         self.unit_length = unit_length
-        self.coarse_scale = coarse_scale
         self.patch_size = patch_size
         self.stride = stride
         self.autocast_dtype: torch.dtype | None = None  # set by the detector from its `precision`
@@ -89,7 +85,7 @@ class FeatureExtractor(nn.Module):
                 f"feature_dim must be between 1 and {total} (the tapped layers' channels {channels}), "
                 f"got {feature_dim}"
             )
-        self.feature_dim = feature_dim * (2 if coarse_scale else 1)
+        self.feature_dim = feature_dim
         # An explicit dimension gives every level an equal share (the official code's pooling), even when
         # it equals the total: levels with fewer channels are repeated up to their share.
         level_dims = channels if raw else split_evenly(feature_dim, len(layers))
@@ -125,18 +121,7 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self._patch_features(self._autocast_taps(images))
-        if self.coarse_scale:
-            features = torch.cat([features, self._coarse_features(images, features.shape[1:3])], dim=-1)
         return F.normalize(features, dim=-1) if self.unit_length else features
-
-    def _coarse_features(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Patch features of the image shrunk by `coarse_scale` (sides kept multiples of the backbone's), on
-        the full-size patch grid."""
-        multiple = self.size_multiple
-        size = [max(multiple, round(side * self.coarse_scale / multiple) * multiple) for side in images.shape[-2:]]
-        small = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        coarse = self._patch_features(self._autocast_taps(small)).permute(0, 3, 1, 2)
-        return F.interpolate(coarse, size=grid, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
 
     @torch.inference_mode()
     def forward_with_global(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

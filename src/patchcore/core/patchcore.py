@@ -67,10 +67,6 @@ class PatchCore(Detector):
                                "defects of a few pixels far better, and loses on wide defects and textures.",
                            check=Range(1))
     patch_stride: int = param(1, "Stride s on the patch grid (Eq. 3).", check=Range(1))
-    coarse_scale: float | None = param(
-        None, "Multi-scale patches: join to each patch feature the features of a second pass over the image shrunk "
-              "by this factor (e.g. 0.5), upsampled to the patch grid: the same place seen wider. Doubles the "
-              "feature dimension.", check=Range(0, 1, low_open=True, high_open=True))
     distance: str = param(
         "euclidean", "Distance between patch features: euclidean (the paper's), or cosine (each feature scaled to "
                      "length 1 first, so the search's Euclidean distance sqrt(2 - 2 cos) orders as cosine distance: "
@@ -121,8 +117,7 @@ class PatchCore(Detector):
         # shares of it (the official code's); None: the backbone's default, one or the other.
         feature_dim = self._merge(backbone)
         return FeatureExtractor(backbone, layers, self.patch_size, None if feature_dim == RAW else feature_dim,
-                                stride=self.patch_stride, unit_length=self.distance == "cosine",
-                                coarse_scale=self.coarse_scale)
+                                stride=self.patch_stride, unit_length=self.distance == "cosine")
 
     def _merge(self, backbone: LoadedBackbone) -> int | Literal["raw"]:
         return self.feature_dim or backbone.spec.default_feature_dim
