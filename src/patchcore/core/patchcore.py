@@ -98,8 +98,9 @@ class PatchCore(Detector):
                 "check finds images that repeat another fold's there.",
         check=OneOf(("auto", "interleaved", "contiguous")))
     tile_size: int | None = param(
-        1024, "Largest square of working pixels the network sees at once: larger images are cut into overlapping "
-              "tiles whose patches join one memory bank and one map, so memory is bounded by the tile.",
+        1024, "The network sees at most this square's worth of working pixels at once: larger images are cut into "
+              "equal overlapping tiles (sides at most this, as small as the context margin allows) whose patches "
+              "join one memory bank and one map, so memory is bounded by the tile.",
         check=Range(64))
     exclude_suspicious: bool = param(
         False, "Leave the training images whose cross-fit scores lie far above the others' (named in fit's output "

@@ -86,18 +86,23 @@ class Tile:
     place: tuple[int, int]
 
 
-def _spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int]]:
-    """(start, keep_from, keep_to) of tiles covering [0, length) with cores that partition it."""
+def _spans(length: int, tile: int, margin: int, multiple: int) -> list[tuple[int, int, int, int]]:
+    """(start, size, keep_from, keep_to) of equal tiles of at most `tile` covering [0, length), their cores
+    partitioning it, each core with `margin` of context inside its tile where there is image beyond it.
+
+    The tiles are as small as that allows (multiples of `multiple`), not `tile` wide: a 1232 px side becomes two
+    680 px tiles (1.10x its pixels), not two of 1024 (1.66x).
+    """
     if length <= tile:
-        return [(0, 0, length)]
-    step = tile - 2 * margin
-    count = math.ceil((length - 2 * margin) / step)
-    spans = []
+        return [(0, length, 0, length)]
+    count = math.ceil((length - 2 * margin) / (tile - 2 * margin))
+    size = min(tile, math.ceil((length + 2 * margin * (count - 1)) / count / multiple) * multiple)
+    spans: list[tuple[int, int, int, int]] = []
     for index in range(count):
-        start = min(index * step, length - tile)
-        keep_from = 0 if index == 0 else spans[-1][2]
-        keep_to = length if index == count - 1 else start + tile - margin
-        spans.append((start, keep_from, keep_to))
+        start = min(index * (size - 2 * margin), length - size)
+        keep_from = 0 if index == 0 else spans[-1][3]
+        keep_to = length if index == count - 1 else start + size - margin
+        spans.append((start, size, keep_from, keep_to))
     return spans
 
 
@@ -212,16 +217,20 @@ class Preprocessor:
         return self.normalise(torch.from_numpy(np.array(self.network_pixels(image)))[None])[0]
 
     def tiles(self, network_size: tuple[int, int]) -> list[Tile]:
-        """Overlapping windows of at most tile_size whose cores partition the patch grid of the network input."""
+        """Overlapping windows whose cores partition the patch grid of the network input: the whole input when it
+        holds no more pixels than a tile_size square, else equal tiles of at most tile_size, as small as the
+        context margin allows."""
         width, height = network_size
         tile = max(width, height) if self.tile_size is None else _round_size(self.tile_size, self.multiple)
+        if width * height <= tile * tile:  # memory is bounded by the pixels a pass sees, whatever the shape
+            tile = max(width, height)
         margin = min(TILE_MARGIN, (tile - self.multiple) // 2) // self.multiple * self.multiple
         s = self.stride
         tiles = []
-        for y, keep_top, keep_bottom in _spans(height, tile, margin):
-            for x, keep_left, keep_right in _spans(width, tile, margin):
+        for y, tile_height, keep_top, keep_bottom in _spans(height, tile, margin, self.multiple):
+            for x, tile_width, keep_left, keep_right in _spans(width, tile, margin, self.multiple):
                 tiles.append(Tile(
-                    x, y, min(tile, width), min(tile, height),
+                    x, y, tile_width, tile_height,
                     core=((keep_top - y) // s, (keep_bottom - y) // s, (keep_left - x) // s, (keep_right - x) // s),
                     place=(keep_top // s, keep_left // s),
                 ))
