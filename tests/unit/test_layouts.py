@@ -218,3 +218,11 @@ def test_unknown_layouts_and_names(tmp_path: Path, mvtec_ad2: Path) -> None:
         load_dataset(mvtec_ad2, layout_name="visa")
     with pytest.raises(DatasetError, match=r"no category fabric \(found: can\)"):
         load_dataset(mvtec_ad2, names=["fabric"])
+
+
+def test_fitting_an_mvtec_ad2_object_takes_its_validation_images_for_the_threshold(mvtec_ad2: Path) -> None:
+    from patchcore import PatchCore
+
+    model = PatchCore(coreset_ratio=0.5).fit(mvtec_ad2 / "can")
+    assert model.n_train_images_ == 3 and model.nominal_source_ == "validation images"
+    assert len(model.nominal_scores_) == 1

@@ -27,7 +27,7 @@ from patchcore.core.replay import GraphReplay
 from patchcore.core.scoring import anomaly_maps, map_operators
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATES, Threshold
 from patchcore.errors import ImageLoadError, PatchCoreWarning
-from patchcore.io.images import ImageInput, collect_images, read_image_size
+from patchcore.io.images import ImageInput, category_validation_images, collect_images, read_image_size
 from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
 from patchcore.params import OneOf, Range, check_params, comma_list, param
 
@@ -251,15 +251,19 @@ class Detector(BaseEstimator, Calibrated, ABC):
 
     def fit(self, images: ImageInput | Sequence[ImageInput],
             validation: ImageInput | Sequence[ImageInput] | None = None, skip_bad: bool = False) -> "Detector":
-        """Fit on good images: a folder (recursively; an MVTec category's train/good), paths, PIL images or arrays.
+        """Fit on good images: a folder (recursively; a dataset category's good training images), paths, PIL images
+        or arrays.
 
-        The threshold's nominal scores come from `validation` (independent good images) when given,
-        else from held-out training images (`holdout_fraction`), else from the method's cross-fit.
+        The threshold's nominal scores come from `validation` (independent good images) when given, or from the
+        validation images of a dataset category given as `images` (MVTec AD 2's and LOCO's validation/good), else
+        from held-out training images (`holdout_fraction`), else from the method's cross-fit.
         Each training image is decoded once. With `skip_bad`, unreadable images are skipped and listed in
         `skipped_images_` instead of stopping the fit.
         """
         self._check_params()
         items = collect_images(images, training=True)
+        if validation is None:
+            validation = category_validation_images(images)
         self.skipped_images_: list[str] = []
         skipped = self.skipped_images_ if skip_bad else None
         if validation is not None:

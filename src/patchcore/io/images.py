@@ -252,6 +252,19 @@ def collect_images(inputs: ImageInput | Sequence[ImageInput], training: bool = F
     return items
 
 
+def category_validation_images(inputs: object) -> list[Path] | None:
+    """The independent good images a dataset category brings when `inputs` is its folder (MVTec AD 2's and LOCO's
+    validation/good); None for anything else."""
+    if not isinstance(inputs, (str, Path)) or not Path(inputs).is_dir():
+        return None
+    from patchcore.data.layouts import published_layout
+
+    layout = published_layout(Path(inputs))
+    if layout is None or layout.validation_images is None:
+        return None
+    return layout.validation_images(Path(inputs)) or None
+
+
 def training_images(folder: Path) -> list[Path]:
     """A folder's good training images: its layout's training split, or every image of a plain folder
     that holds no folder named like defects or masks."""

@@ -62,20 +62,20 @@ def fit(data_dir: Path, out_dir: Path, categories: str | None, skip_bad: bool, v
 
 
 def training_files(data_dir: Path, validation_dir: Path | None, every_image: bool) -> tuple[list, list | None]:
-    """The images to fit on and the validation images, saying which split of a known layout they are."""
+    """The images to fit on and the validation images, saying which split of a known layout they are (the
+    detector takes a dataset category's validation images itself, as the message says)."""
     from patchcore.data.layouts import published_layout
-    from patchcore.io.images import collect_images, list_images
+    from patchcore.io.images import category_validation_images, collect_images, list_images
 
+    validation = None if validation_dir is None else collect_images(validation_dir)
     if every_image:
         files = list_images(data_dir) if data_dir.is_dir() else collect_images(data_dir)
         click.echo(f"learning all {len(files)} images under {data_dir} as good (--every-image)")
-        return files, None if validation_dir is None else collect_images(validation_dir)
+        return files, validation
     files = collect_images(data_dir, training=True)
     layout = published_layout(data_dir) if data_dir.is_dir() else None
-    validation = None if validation_dir is None else collect_images(validation_dir)
     if layout is not None:
-        if validation is None and layout.validation_images is not None:
-            validation = layout.validation_images(data_dir) or None
+        validation = validation or category_validation_images(data_dir)
         held = f"; its {len(validation)} validation images set the threshold" if validation else ""
         click.echo(f"{data_dir}: a {layout.title} category: fitting on its {len(files)} good training images{held}")
     return files, validation
