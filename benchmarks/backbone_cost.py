@@ -20,7 +20,11 @@ from patchcore.backbones import BACKBONES
 from patchcore.evaluation.evaluate import machine_description
 
 ONE_BACKBONE = """
-import json, resource, sys, time
+import json, re, sys, time
+from pathlib import Path
+
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork and exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 import numpy as np
 from patchcore import PatchCore
 from patchcore.data.offline import texture_photo
@@ -50,7 +54,7 @@ megapixels = width * height / 1e6
 print(json.dumps({"backbone": name, "size": f"{width} x {height}", "fit_s_per_image": fit / count,
                   "predict_s_per_image": predict / count, "predict_s_per_mp": predict / count / megapixels,
                   "bank_rows": int(model.memory_bank_.shape[0]), "feature_dim": int(model.memory_bank_.shape[1]),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak_mb()}))
 """
 
 

@@ -26,7 +26,11 @@ from patchcore.data.offline import texture_photo
 from patchcore.evaluation.evaluate import machine_description
 
 PREDICT = """
-import json, resource, sys, time
+import json, re, sys, time
+from pathlib import Path
+
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork and exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 from patchcore import load_model
 model = load_model(sys.argv[1])
 model.set_params(image_size=int(sys.argv[3]))  # inspect the frame at its native size
@@ -34,7 +38,7 @@ model._build_pipeline(model.backbone_, model.image_size)
 started = time.perf_counter()
 prediction = model.predict([sys.argv[2]])[0]
 print(json.dumps({"seconds": time.perf_counter() - started, "shape": list(prediction.anomaly_map.shape),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak_mb()}))
 """
 
 
