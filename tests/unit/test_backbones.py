@@ -197,3 +197,18 @@ def test_torch_hub_weights_download_into_a_fresh_cache_and_are_checked(loopback_
     path.write_bytes(b"damaged")
     with pytest.raises(WeightsError, match=rf"its SHA-256 does not start with {digest[:8]}"):
         _torch_hub_weights_path(spec)
+
+
+@pytest.mark.slow
+def test_the_anomalydino_preset_builds_a_whole_bank_of_unit_length_vit_tokens() -> None:
+    import numpy as np
+
+    from patchcore import PatchCore
+    from patchcore.methods import preset_params
+
+    photo = texture_photo("brick")
+    model = PatchCore(**preset_params("anomalydino"), weights="random").fit([photo[:200, :300], photo[200:400, :300]])
+    assert model.extractor_.layers == ("norm",) and model.preprocessor_.working_size((300, 200)) == (448, 294)
+    rows, columns = 294 // 14, 448 // 14
+    assert model.memory_bank_.shape == (2 * rows * columns, 384)  # every patch token: no coreset
+    np.testing.assert_allclose(np.linalg.norm(model.memory_bank_, axis=1), 1.0, atol=1e-5)
