@@ -13,7 +13,7 @@ from patchcore.data.kolektor import is_kolektorsdd2, kolektorsdd2_training_image
 from patchcore.data.labelled import (is_labelled_folder, labelled_folder_training_images, load_labelled_folder,
                                      load_manifest)
 from patchcore.data.mvtec_variants import (is_btad, is_mvtec_ad2, is_mvtec_loco, load_btad, load_mvtec_ad2,
-                                           load_mvtec_loco)
+                                           load_mvtec_loco, validation_images)
 from patchcore.data.visa import is_visa_object, load_visa, visa_training_images
 from patchcore.errors import DatasetError
 from patchcore.io.images import list_images
@@ -38,10 +38,6 @@ def _train_folder(name: str) -> Callable[[Path], list[Path]]:
     return lambda folder: list_images(folder / "train" / name)
 
 
-def _validation_folder(folder: Path) -> list[Path]:
-    return list_images(folder / "validation" / GOOD) if (folder / "validation" / GOOD).is_dir() else []
-
-
 def _is_mvtec(folder: Path) -> bool:
     return (folder / "train" / GOOD).is_dir()
 
@@ -49,9 +45,9 @@ def _is_mvtec(folder: Path) -> bool:
 # Checked in this order: the MVTec variants before MVTec AD, whose train/good they share.
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("mvtec_ad2", "MVTec AD 2", "Heckler-Kram et al. 2025, the dataset's MVTecAD2 class",
-           is_mvtec_ad2, load_mvtec_ad2, _train_folder(GOOD), _validation_folder),
+           is_mvtec_ad2, load_mvtec_ad2, _train_folder(GOOD), validation_images),
     Layout("mvtec_loco", "MVTec LOCO AD", "Bergmann et al. 2022 (IJCV)", is_mvtec_loco, load_mvtec_loco,
-           _train_folder(GOOD), _validation_folder),
+           _train_folder(GOOD), validation_images),
     Layout("mvtec", "MVTec AD", "Bergmann et al. 2019/2021; MPDD (Jezek et al. 2021) has the same layout",
            _is_mvtec, load_mvtec,
            _train_folder(GOOD)),
@@ -65,13 +61,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
 )}
 CSV = "csv"
 LAYOUT_NAMES = (*LAYOUTS, CSV)
-
-
-def layout_of_category(folder: Path) -> Layout | None:
-    """The layout whose category `folder` is, if any."""
-    if not folder.is_dir():
-        return None
-    return next((layout for layout in LAYOUTS.values() if layout.is_category(folder)), None)
+# The datasets' own layouts: `fit` takes their training split; our labelled folder it refuses (see training_images).
+PUBLISHED = tuple(layout for layout in LAYOUTS.values() if layout.name != "folder")
 
 
 def find_categories(root: Path, layout_name: str | None = None) -> tuple[str, list[Path]]:
@@ -117,28 +108,25 @@ def load_dataset(root: Path, layout_name: str | None = None, names: list[str] | 
         raise DatasetError(f"{', '.join(options)}: only for the labelled-folder layout (--layout folder)")
     found, folders = find_categories(root, layout_name)
     if found == CSV:
-        categories = load_manifest(folders[0])
-    else:
-        load = partial(load_labelled_folder, **options) if found == "folder" else LAYOUTS[found].load
-        if names:
-            by_name = {folder.name: folder for folder in folders}
-            unknown = [name for name in names if name not in by_name]
-            if unknown:
-                raise DatasetError(f"{root}: no category {', '.join(unknown)} (found: {', '.join(by_name)})")
-            folders = [by_name[name] for name in names]
-        return [load(folder) for folder in folders]
-    if names:
-        unknown = [name for name in names if name not in {c.name for c in categories}]
-        if unknown:
-            raise DatasetError(f"{root}: no category {', '.join(unknown)}")
-        categories = [c for c in categories if c.name in names]
-    return categories
+        categories = {category.name: category for category in load_manifest(folders[0])}
+        return [categories[name] for name in _chosen(root, list(categories), names)]
+    # Folders are filtered before loading: a category not asked for is never read.
+    load = partial(load_labelled_folder, **options) if found == "folder" else LAYOUTS[found].load
+    by_name = {folder.name: folder for folder in folders}
+    return [load(by_name[name]) for name in _chosen(root, list(by_name), names)]
+
+
+def _chosen(root: Path, available: list[str], names: list[str] | None) -> list[str]:
+    """`names` (all `available` when None), each checked to exist."""
+    unknown = [name for name in names or [] if name not in available]
+    if unknown:
+        raise DatasetError(f"{root}: no category {', '.join(unknown)} (found: {', '.join(available)})")
+    return list(names) if names else available
 
 
 def published_layout(folder: Path) -> Layout | None:
     """The published layout (not our labelled folder) whose category `folder` is."""
-    return next((layout for layout in LAYOUTS.values() if layout.name != "folder" and layout.is_category(folder)),
-                None)
+    return next((layout for layout in PUBLISHED if layout.is_category(folder)), None)
 
 
 def training_images(folder: Path) -> list[Path] | None:
@@ -149,9 +137,7 @@ def training_images(folder: Path) -> list[Path] | None:
     if layout is not None:
         return layout.training_images(folder)
     children = sorted(p for p in folder.iterdir() if p.is_dir())
-    for layout in LAYOUTS.values():
-        if layout.name == "folder":
-            continue
+    for layout in PUBLISHED:
         found = [child.name for child in children if layout.is_category(child)]
         if found:
             listed = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")

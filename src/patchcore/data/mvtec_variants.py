@@ -30,11 +30,12 @@ def load_mvtec_ad2(folder: Path) -> Category:
     unlabelled = tuple((split, tuple(list_images(folder / split)))
                        for split in AD2_UNLABELLED_SPLITS if (folder / split).is_dir())
     return Category(folder.name, folder, tuple(list_images(folder / "train" / GOOD)), samples,
-                    validation_images=_validation(folder), unlabelled=unlabelled, layout="mvtec_ad2")
+                    validation_images=tuple(validation_images(folder)), unlabelled=unlabelled, layout="mvtec_ad2")
 
 
-def _validation(folder: Path) -> tuple[Path, ...]:
-    return tuple(list_images(folder / "validation" / GOOD)) if (folder / "validation" / GOOD).is_dir() else ()
+def validation_images(folder: Path) -> list[Path]:
+    """MVTec AD 2's and LOCO's independent good images, validation/good (none when the folder is absent)."""
+    return list_images(folder / "validation" / GOOD) if (folder / "validation" / GOOD).is_dir() else []
 
 
 # MVTec LOCO AD (Bergmann et al., 2022): test/{good,logical_anomalies,structural_anomalies}; each defect image's
@@ -49,7 +50,7 @@ def is_mvtec_loco(folder: Path) -> bool:
 def load_mvtec_loco(folder: Path) -> Category:
     samples = type_folder_samples(folder / "test", folder / "ground_truth", lambda truth, image: truth / image.stem)
     return Category(folder.name, folder, tuple(list_images(folder / "train" / GOOD)), samples,
-                    validation_images=_validation(folder), layout="mvtec_loco", mask_threshold=1)
+                    validation_images=tuple(validation_images(folder)), layout="mvtec_loco", mask_threshold=1)
 
 
 # BTAD (Mishra et al., 2021): PRODUCT/train/ok, PRODUCT/test/{ok,ko}, masks ground_truth/ko/<stem>.<png|bmp>.
