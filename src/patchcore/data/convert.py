@@ -7,6 +7,8 @@ import csv
 import io
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,21 @@ from patchcore.io.files import atomic_write_bytes
 from patchcore.io.images import read_image_size
 
 CONVERTIBLE_LAYOUTS = ("visa", "mvtec_ad2")
+
+
+@contextmanager
+def _written_whole(target: Path) -> Iterator[Path]:
+    """A staging folder beside `target` that replaces it when the block ends, and vanishes if the block fails:
+    a copy is there whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -37,10 +54,8 @@ def write_visa(category: Category, root: Path) -> Path:
     """`root/NAME/Data/{Images/{Normal,Anomaly},Masks/Anomaly}` and the object's rows in
     `root/split_csv/1cls.csv` (other objects' rows kept). Images keep their bytes and format."""
     obj = root / category.name
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{category.name}.tmp-", dir=root))
     rows, normal, anomaly = [], 0, 0
-    try:
+    with _written_whole(obj) as staging:
         for image in category.train_images:
             target = _copy(image, staging / "Data" / "Images" / "Normal" / f"{normal:04d}{image.suffix}")
             rows.append(("train", "normal", target, None))
@@ -58,11 +73,6 @@ def write_visa(category: Category, root: Path) -> Path:
                 _write_mask(category, sample.mask, sample.image, mask)
             rows.append(("test", "anomaly", target, mask))
             anomaly += 1
-        if obj.exists():
-            shutil.rmtree(obj)
-        staging.rename(obj)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
     def relative(path: Path | None) -> str:
         return "" if path is None else (obj / path.relative_to(staging)).relative_to(root).as_posix()
@@ -87,9 +97,7 @@ def write_mvtec_ad2(category: Category, root: Path, validation_share: float = 0.
     `private`, the test images again, unlabelled, as `test_private` and `test_private_mixed` (so a submission can
     be written and checked offline). The last `validation_share` of the training images become validation/good."""
     obj = root / category.name
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{category.name}.tmp-", dir=root))
-    try:
+    with _written_whole(obj) as staging:
         held = round(validation_share * len(category.train_images))
         for i, image in enumerate(category.train_images):
             split = "validation" if i >= len(category.train_images) - held else "train"
@@ -104,11 +112,6 @@ def write_mvtec_ad2(category: Category, root: Path, validation_share: float = 0.
             if private:
                 _copy(sample.image, staging / "test_private" / f"{name}{sample.image.suffix}")
                 _copy(sample.image, staging / "test_private_mixed" / f"{i:03d}_mixed{sample.image.suffix}")
-        if obj.exists():
-            shutil.rmtree(obj)
-        staging.rename(obj)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return obj
 
 
