@@ -317,5 +317,5 @@ def test_fit_suggests_the_small_defects_preset_only_for_large_images(train_crops
 
     assert preset_hint(fitted_model) is None  # 128 px working images
     large = PatchCore(image_size=1024, coreset_ratio=0.01, threshold_folds=2).fit(train_crops[:2])
-    assert "--preset small-defects" in preset_hint(large)
+    assert "--preset small-defects" in preset_hint(large) and "--ensemble small-defects,default" in preset_hint(large)
     assert preset_hint(large.set_params(patch_size=1)) is None  # a neighbourhood chosen already

@@ -91,6 +91,20 @@ def test_ensemble_maps_are_scaled_by_each_members_nominal_maximum(train_crops, d
     assert combined.min() >= 0  # pixel metrics need non-negative maps
 
 
+def test_ensemble_outlines_the_defect_at_a_threshold_from_its_members_nominal_peaks(train_crops, defect_crop) -> None:
+    members = [PatchCore(coreset_ratio=0.1, image_size=128), PatchCore(coreset_ratio=0.1, image_size=128, patch_size=1)]
+    ensemble = Ensemble(members).fit(train_crops)
+    bounds = np.mean([m.calibration_.peaks / m.nominal_map_range_[1] for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.calibration_.peaks, bounds)
+    assert bounds.max() == pytest.approx(1.0, abs=0.2)  # each member's largest nominal peak scales to 1
+    image, (top, left, size) = defect_crop
+    regions = ensemble.predict([image])[0].regions
+    assert len(regions) == 1  # the pasted square, nothing else
+    x0, y0, x1, y1 = regions[0].bbox
+    assert x0 < left + size and left < x1 and y0 < top + size and top < y1
+    assert 0.3 < regions[0].area / size**2 < 4  # about the defect's size, not the whole crop
+
+
 @pytest.mark.slow
 def test_ensemble_saves_as_one_model_directory_and_loads_back(train_crops, good_test_crops, defect_crop,
                                                               tmp_path: Path) -> None:

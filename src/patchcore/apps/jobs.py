@@ -32,7 +32,7 @@ def with_size_rule(model, size_rule: dict | None):
     None or None values: as saved)."""
     size_rule = {name: value for name, value in (size_rule or {}).items() if value is not None}
     if size_rule and not hasattr(model, "min_defect_area"):
-        raise ValueError(f"{', '.join(size_rule)} needs a single model: an ensemble's predictions carry no regions")
+        raise ValueError(f"{', '.join(size_rule)} needs a single model: an ensemble decides by its score")
     if size_rule:
         check_params(model.set_params(**size_rule))
     return model

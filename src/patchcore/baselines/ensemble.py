@@ -85,8 +85,20 @@ class Ensemble(BaseEstimator, Calibrated):
         # held-out scores line up image by image and combine as the test scores do.
         lengths = {len(m.nominal_scores_) for m in self.members}
         scores = self._combine([m.nominal_scores_ for m in self.members]) if len(lengths) == 1 else np.empty(0)
-        self.calibration_ = NominalCalibration(scores, (low, 1.0), self.combined_source(self.members))
+        # The combined map's peak is at most the mean of the members' scaled peaks (the max of a mean is at
+        # most the mean of the maxima): a region threshold from these bounds flags good images at most as
+        # often as the rate says, never more.
+        peaks = [m.calibration_.peaks / scale for m, scale in zip(self.members, self.map_scales_)]
+        peak_bounds = np.mean(peaks, axis=0) if {len(p) for p in peaks} == {len(scores)} else np.empty(0)
+        self.calibration_ = NominalCalibration(scores, (low, 1.0), self.combined_source(self.members), peak_bounds)
         return self
+
+    def decision_rule(self, false_alarm_rate: float | None = None) -> DecisionRule:
+        """The image threshold and the pixel threshold of defect regions at `false_alarm_rate` (default: the
+        ensemble's own), both from the combined nominal scores and map peaks."""
+        rate = self._rate(false_alarm_rate)
+        return DecisionRule(self.calibration_.threshold(rate), self.calibration_.region_threshold(rate),
+                            self.calibration_.map_range[0])
 
     def _combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
         return np.mean([(np.asarray(scores) - mean) / spread
@@ -98,13 +110,14 @@ class Ensemble(BaseEstimator, Calibrated):
 
     def iter_predict(self, images: ImageInput | Sequence[ImageInput], false_alarm_rate: float | None = None
                      ) -> Iterator[Prediction]:
-        rule = DecisionRule(self.decision_threshold(false_alarm_rate))  # no pixel threshold: no regions
+        self._check_fitted()
+        rule = self.decision_rule(false_alarm_rate)
         items = collect_images(images)
         streams = [member.iter_predict(items) for member in self.members]
         for predictions in zip(*streams):
             score = float(self._combine([[p.score] for p in predictions])[0])
             amap = np.mean([p.anomaly_map / scale for p, scale in zip(predictions, self.map_scales_)], axis=0)
-            yield rule(score, amap.astype(np.float32), predictions[0].source, with_regions=False)
+            yield rule(score, amap.astype(np.float32), predictions[0].source, with_regions=True)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image scores only: the members score without building maps."""

@@ -83,8 +83,7 @@ class NominalCalibration:
     def region_threshold(self, false_alarm_rate: float) -> float | None:
         """The map value above which pixels form defect regions: the map peak that good images exceed at
         `false_alarm_rate`, estimated like the image threshold from the nominal maps' peaks, so a good image has a
-        region about that often. None without nominal map peaks (an ensemble, or a model saved before they were
-        kept)."""
+        region about that often. None without nominal map peaks (a model saved before they were kept)."""
         excluded = self.suspicious if len(self.peaks) == len(self.scores) else None
         threshold = threshold_at_false_alarm_rate(self.peaks, false_alarm_rate, excluded)
         return None if threshold is None else threshold.value

@@ -87,7 +87,7 @@ def detector_form(model: Detector) -> tuple[dict[str, Any], dict[str, np.ndarray
 
 def ensemble_form(ensemble: Ensemble) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(manifest, arrays) of a fitted ensemble: each member's manifest inside, its arrays as `memberN.NAME`."""
-    members, arrays = [], {NOMINAL_SCORES: ensemble.calibration_.scores}
+    members, arrays = [], {NOMINAL_SCORES: ensemble.calibration_.scores, NOMINAL_MAP_PEAKS: ensemble.calibration_.peaks}
     for i, member in enumerate(ensemble.members):
         member_manifest, member_arrays = detector_form(member)
         members.append(member_manifest)
