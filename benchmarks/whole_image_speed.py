@@ -1,12 +1,13 @@
 """Whole-image predict against its floor: the feature network run once over the whole image, in one run on the
 same images, at 224 px, 1 MP and 5 MP.
 
-    python benchmarks/whole_image_speed.py [--sizes 224x224,1232x924,2592x1944] [--repeats 3]
+    python benchmarks/whole_image_speed.py [--sizes 224x224,1232x924,2592x1944] [--runtimes torch,onnxruntime]
 
 For each size a model is fitted on good mosaics of the scikit-image brick photo at that size (the 5 MP model on
 1 MP images, inspected at the frame's native size: a bank of the same kind, fitted in reasonable time). Then,
 best of `--repeats`, one image at a time as a line predicts:
-- floor: the model's own feature network (backbone to the deepest tap, patch features) once over the whole image;
+- floor: the model's own feature network (backbone to the deepest tap, patch features) once over the whole image,
+  in the same runtime (`runtime`: eager torch, or ONNX Runtime);
 - end to end: `predict_files` as `patchcore predict` runs it (decode, predict, heatmap overlay written);
 - its split, timed inside that same call: decode, resize to the working size, network (all tiles), search,
   Eq. 7, maps (upsampling, blur, original size), outputs (overlay PNG), and the rest;
@@ -76,6 +77,7 @@ def instrumented(model: PatchCore, timers: Timers):
 
 def floor_seconds(model: PatchCore, image: Image.Image) -> float:
     batch = model.preprocessor_(image)[None].to(model.device_)
+    model._network(batch)  # an ONNX Runtime network exports (or loads) the whole image's size once
     with torch.inference_mode():
         started = time.perf_counter()
         model._network(batch)
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="224x224,1232x924,2592x1944", help="Image sizes, WxH.")
     parser.add_argument("--train-images", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runtimes", default="torch,onnxruntime", help="Where the network runs, compared in turn.")
     args = parser.parse_args()
     photo = texture_photo("brick")
     rng = np.random.default_rng(0)
@@ -122,27 +125,31 @@ def main() -> None:
                 train = [Image.fromarray(mosaic(photo, *fit_size, rng)).convert("RGB") for _ in range(args.train_images)]
                 models[fit_size] = PatchCore(progress=False).fit(train)
             model = models[fit_size]
+            fitted_size = model.preprocessor_.image_size
             if fit_size != (width, height):  # inspect the larger frame at its native size
                 model.set_params(image_size=max(width, height))
                 model._build_pipeline(model.backbone_, model.image_size)
             path = folder / f"{size}.png"
             Image.fromarray(mosaic(photo, width, height, rng)).convert("RGB").save(path)
-            result = measure(model, path, folder / "out", args.repeats)
-            rows.append((size, result))
-            if fit_size != (width, height):
-                model.set_params(image_size=None)
+            for runtime in args.runtimes.split(","):
+                model.set_params(runtime=runtime)
                 model._build_pipeline(model.backbone_, model.preprocessor_.image_size)
-    print("| image | tiles (network px / image px) | bank rows | floor s | end to end s | end / floor | "
-          + " | ".join(f"{p} s" for p in (*PARTS, "rest")) + " |")
-    print("|" + "---|" * (7 + len(PARTS)))
-    for size, r in rows:
+                rows.append((size, runtime, measure(model, path, folder / "out", args.repeats)))
+            model.set_params(image_size=None, runtime="torch")
+            model._build_pipeline(model.backbone_, fitted_size)
+    torch_floor = {size: r["floor"] for size, runtime, r in rows if runtime == "torch"}
+    print("| image | runtime | tiles (network px / image px) | bank rows | floor s | end to end s | end / floor | "
+          "end / torch floor | " + " | ".join(f"{p} s" for p in (*PARTS, "rest")) + " |")
+    print("|" + "---|" * (9 + len(PARTS)))
+    for size, runtime, r in rows:
         split = " | ".join(f"{r['split'].get(p, 0.0):.3f}" for p in (*PARTS, "rest"))
-        print(f"| {size} | {r['tiles']} ({r['overlap']:.2f}) | {r['bank']} | {r['floor']:.3f} | {r['end']:.3f} | "
-              f"{r['end'] / r['floor']:.2f} | {split} |")
+        versus_torch = f"{r['end'] / torch_floor[size]:.2f}" if size in torch_floor else "-"
+        print(f"| {size} | {runtime} | {r['tiles']} ({r['overlap']:.2f}) | {r['bank']} | {r['floor']:.3f} | "
+              f"{r['end']:.3f} | {r['end'] / r['floor']:.2f} | {versus_torch} | {split} |")
     print("\nShares of the network's time (targets at 1 MP: search + Eq. 7 under 30 %, maps under 10 %):")
-    for size, r in rows:
+    for size, runtime, r in rows:
         network = r["split"].get("network", float("nan"))
-        print(f"  {size}: search + Eq. 7 {100 * (r['split'].get('search', 0) + r['split'].get('Eq. 7', 0)) / network:.0f} %, "
+        print(f"  {size} {runtime}: search + Eq. 7 {100 * (r['split'].get('search', 0) + r['split'].get('Eq. 7', 0)) / network:.0f} %, "
               f"maps {100 * r['split'].get('maps', 0) / network:.0f} %, outputs {100 * r['split'].get('outputs', 0) / network:.0f} %")
 
 

@@ -113,14 +113,16 @@ def _new_ensemble(members: list[partial], **settings) -> Ensemble:
     return Ensemble([make() for make in members], **settings)
 
 
-def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None) -> Detector | Ensemble:
-    """Load a saved model directory of any method (PatchCore, SPADE, PaDiM) or an `Ensemble` of them."""
+def load_model(path: str | Path, device: str | None = None, weights: str | Path | None = None,
+               runtime: str | None = None) -> Detector | Ensemble:
+    """Load a saved model directory of any method (PatchCore, SPADE, PaDiM) or an `Ensemble` of them; `device`,
+    `weights` and `runtime` (where the network runs) override what was saved."""
     manifest, arrays = load_directory(path)
-    return _restore(path, manifest, arrays, device, weights)
+    return _restore(path, manifest, arrays, device, weights, runtime)
 
 
 def _restore(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], device: str | None,
-             weights: str | Path | None) -> Detector | Ensemble:
+             weights: str | Path | None, runtime: str | None = None) -> Detector | Ensemble:
     if not isinstance(manifest, dict) or "method" not in manifest:
         raise ModelFileError(f"{path}: the manifest does not say which method the model is")
     if manifest["method"] != Ensemble.method:
@@ -128,9 +130,9 @@ def _restore(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.nd
             method = get_method(manifest["method"])
         except ValueError as error:
             raise ModelFileError(f"{path}: {error}") from None
-        return restore_detector(method, path, manifest, arrays, device, weights)
+        return restore_detector(method, path, manifest, arrays, device, weights, runtime)
     try:
-        members = [_restore(path, member, member_arrays(arrays, i), device, weights)
+        members = [_restore(path, member, member_arrays(arrays, i), device, weights, runtime)
                    for i, member in enumerate(manifest["members"])]
     except (KeyError, TypeError) as error:
         raise ModelFileError(f"{path}: ensemble manifest lacks a required entry or holds a bad one ({error})") from error

@@ -37,6 +37,7 @@ class ServedModel:
     model: Detector
     directory: Path | None = None  # where new versions appear; None: never reloaded
     device: str | None = None
+    runtime: str | None = None  # `serve --runtime`: kept across reloads; None: as saved
     lock: threading.Lock = field(default_factory=threading.Lock)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_SCORES))
     refused_version: int | None = None
@@ -73,7 +74,7 @@ class ServedModel:
         if on_disk in (self.version, self.refused_version):
             return False
         try:
-            new = load_model(self.directory, device=self.device)
+            new = load_model(self.directory, device=self.device, runtime=self.runtime)
         except PatchCoreError as error:
             self.refused_version = on_disk
             log.error("model %s: version %s refused, still serving version %s: %s", self.name, on_disk,

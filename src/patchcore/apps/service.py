@@ -52,7 +52,8 @@ def parse_model_argument(argument: str) -> tuple[str, Path]:
     return name, Path(directory)
 
 
-def load_models(arguments: list[str], device: str | None = None, rates: Sequence[str] = ()) -> dict[str, ServedModel]:
+def load_models(arguments: list[str], device: str | None = None, rates: Sequence[str] = (),
+                runtime: str | None = None) -> dict[str, ServedModel]:
     """Load every model once, failing before the server starts if any is missing or broken; `rates`: false-alarm
     rates to decide at instead of the models' own, 'RATE' for every model or 'NAME=RATE'."""
     served: dict[str, ServedModel] = {}
@@ -60,7 +61,8 @@ def load_models(arguments: list[str], device: str | None = None, rates: Sequence
         name, directory = parse_model_argument(argument)
         if name in served:
             raise ValueError(f"two models are named {name!r}: name them with NAME=DIR")
-        served[name] = ServedModel(name, load_model(directory, device=device), directory=directory, device=device)
+        served[name] = ServedModel(name, load_model(directory, device=device, runtime=runtime), directory=directory,
+                                   device=device, runtime=runtime)
     if not served:
         raise ValueError("no model to serve")
     for name, rate in parse_rate_arguments(rates, list(served)).items():

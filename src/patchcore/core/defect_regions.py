@@ -59,17 +59,22 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, typical: float | Non
     if count == 0:
         return []
     if typical is not None:
-        peaks = ndimage.maximum(finite, labels, np.arange(count + 1))
+        peaks = np.array([-np.inf, *(peak for _, _, peak, _ in _each_region(finite, labels))])
         cuts = np.maximum(threshold, typical + 0.5 * (peaks - typical))
         cuts[0] = np.inf  # background
         labels, count = ndimage.label(finite > cuts[labels], structure=CONNECTIVITY)
-    indices = np.arange(1, count + 1)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    peaks = ndimage.maximum(finite, labels, indices)
-    centroids = ndimage.center_of_mass(labels > 0, labels, indices)
     regions = []
-    for (rows, columns), area, peak, (cy, cx) in zip(ndimage.find_objects(labels), areas, peaks, centroids):
-        regions.append(Region((columns.start, rows.start, columns.stop, rows.stop), int(area), float(peak),
-                              (float(cx), float(cy)),
-                              None if pixel_size is None else float(area) * pixel_size * pixel_size))
+    for (rows, columns), area, peak, (cy, cx) in _each_region(finite, labels):
+        regions.append(Region((columns.start, rows.start, columns.stop, rows.stop), area, peak, (cx, cy),
+                              None if pixel_size is None else area * pixel_size * pixel_size))
     return sorted(regions, key=lambda region: -region.score)
+
+
+def _each_region(values: np.ndarray, labels: np.ndarray):
+    """(box slices, area, peak of `values`, centroid (y, x)) of each labelled region in label order, each read within
+    its own box: scipy's labelled maximum sorted every pixel of the map (1 s of a 5-megapixel prediction)."""
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[box] == label
+        ys, xs = np.nonzero(inside)
+        yield box, int(len(ys)), float(values[box][inside].max()), (box[0].start + float(ys.mean()),
+                                                                     box[1].start + float(xs.mean()))

@@ -24,6 +24,7 @@ from patchcore.core.preprocessing import Preprocessor, choose_working_side, pars
 from patchcore.core.defect_regions import Region, find_regions
 from patchcore.core.references import GoodPatchFinder
 from patchcore.core.replay import GraphReplay
+from patchcore.core.runtime import RUNTIMES, OnnxRuntimeNetwork, runtime_problem
 from patchcore.core.scoring import anomaly_maps, map_operators
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATES, Threshold
 from patchcore.errors import ImageLoadError, PatchCoreWarning
@@ -174,6 +175,10 @@ class Detector(BaseEstimator, Calibrated, ABC):
     precision: str = param(
         "float32", "Backbone arithmetic: float32, or bfloat16 / float16 autocast (for GPUs: tensor cores; the "
                    "memory bank, search and scores stay float32).", check=OneOf(tuple(PRECISIONS)))
+    runtime: str = param(
+        "torch", "Where the feature network runs: torch, or onnxruntime (CPU, float32; the network exported once per "
+                 "input size and cached in ~/.cache/patchcore or $PATCHCORE_CACHE; same features, 1.2x faster at "
+                 "224 px and 3-5x at a megapixel for Lite0 on 2 cores).", check=OneOf(RUNTIMES))
     cuda_graphs: bool = param(
         True, "On CUDA, replay the network from a CUDA graph per input shape (captured on its third batch): one "
               "launch per batch instead of one per layer, which is most of the time at batch 1.")
@@ -226,7 +231,9 @@ class Detector(BaseEstimator, Calibrated, ABC):
     def _check_params(self) -> None:
         get_backbone_spec(self.backbone)
         check_params(self)
-        resolve_device(self.device)  # a bad device fails before any image or weight is read
+        problem = runtime_problem(self.runtime, resolve_device(self.device), self.precision)
+        if problem:  # like a bad device, before any image or weight is read
+            raise ValueError(problem)
 
     def _build_pipeline(self, backbone: LoadedBackbone, working_size: int | tuple[int, int]) -> None:
         spec = backbone.spec
@@ -238,7 +245,10 @@ class Detector(BaseEstimator, Calibrated, ABC):
         self.extractor_.autocast_dtype = PRECISIONS[self.precision]
         self.layers_ = self.extractor_.layers
         replay = self.device_.type == "cuda" and self.cuda_graphs
-        self._network = GraphReplay(self.extractor_) if replay else self.extractor_
+        if self.runtime == "onnxruntime":
+            self._network = OnnxRuntimeNetwork(self.extractor_)
+        else:
+            self._network = GraphReplay(self.extractor_) if replay else self.extractor_
         self.preprocessor_ = Preprocessor(working_size, spec.mean, spec.std, self.center_crop, self._tile_size(),
                                           self.extractor_.grid_stride, spec.size_multiple)
 
@@ -413,6 +423,8 @@ class Detector(BaseEstimator, Calibrated, ABC):
         return save_model(self, path, keep_versions)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, weights: str | Path | None = None) -> "Detector":
-        """Load a saved model directory; `weights` overrides where the backbone weights are read from."""
-        return load_detector(cls, path, device, weights)
+    def load(cls, path: str | Path, device: str | None = None, weights: str | Path | None = None,
+             runtime: str | None = None) -> "Detector":
+        """Load a saved model directory; `weights` overrides where the backbone weights are read from, `runtime`
+        where the network runs."""
+        return load_detector(cls, path, device, weights, runtime)

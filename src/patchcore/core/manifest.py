@@ -119,16 +119,16 @@ def member_arrays(arrays: dict[str, np.ndarray], index: int) -> dict[str, np.nda
 
 
 def load_detector(cls: type[Detector], path: str | Path, device: str | None = None,
-                  weights: str | Path | None = None) -> Detector:
+                  weights: str | Path | None = None, runtime: str | None = None) -> Detector:
     """A saved model directory of method `cls`, verified."""
     manifest, arrays = load_directory(path)
-    return restore_detector(cls, path, manifest, arrays, device, weights)
+    return restore_detector(cls, path, manifest, arrays, device, weights, runtime)
 
 
 def restore_detector(cls: type[Detector], path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray],
-                     device: str | None, weights: str | Path | None) -> Detector:
+                     device: str | None, weights: str | Path | None, runtime: str | None = None) -> Detector:
     """Inverse of `detector_form`, given a verified directory's manifest and arrays; `weights` overrides where the
-    backbone weights are read from."""
+    backbone weights are read from, `runtime` where the network runs."""
     try:
         method = manifest["method"]
         params = {name: _param_from_json(name, value) for name, value in manifest["params"].items()}
@@ -140,6 +140,8 @@ def restore_detector(cls: type[Detector], path: str | Path, manifest: dict[str, 
     if weights is not None:
         params["weights"] = str(weights)
     params.update(device=device, progress=False)
+    if runtime is not None:
+        params["runtime"] = runtime
     try:
         model = cls(**params)
     except TypeError as error:

@@ -12,7 +12,7 @@ from patchcore.apps.cli.common import declared_command, main
 from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
 
 
-@declared_command(main, declared_names=("device",))
+@declared_command(main, declared_names=("device", "runtime"))
 @click.argument("models", nargs=-1, required=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 127.0.0.1 keeps the service on this machine.")
@@ -33,7 +33,7 @@ from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
                    "one (repeat the option). /predict?false_alarm_rate= overrides it per request.")
 def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
           max_megapixels: float, body_timeout: float, log_level: str, reload_interval: float, rates: tuple[str, ...],
-          device: str | None) -> None:
+          device: str | None, runtime: str | None) -> None:
     """Serve saved models over HTTP: MODELS are model directories, or NAME=DIR to choose their names.
 
     POST /predict?model=NAME with an image file; POST /feedback?model=NAME with a falsely flagged good
@@ -57,7 +57,7 @@ def serve(models: tuple[str, ...], host: str, port: int, api_key: str | None, ma
         reason = "already in use" if error.errno == errno.EADDRINUSE else error.strerror
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
     try:
-        loaded = load_models(list(models), device=device, rates=rates)
+        loaded = load_models(list(models), device=device, rates=rates, runtime=runtime)
     except ValueError as error:
         listening.close()
         raise click.UsageError(str(error)) from error

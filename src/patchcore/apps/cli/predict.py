@@ -12,7 +12,8 @@ from patchcore.apps.cli.common import SKIP_BAD_HELP, declared_command, is_inside
 MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, not on the terminal
 
 
-@declared_command(main, declared_names=("device", "weights", "false_alarm_rate", "min_defect_area", "pixel_size"))
+@declared_command(main, declared_names=("device", "weights", "runtime", "false_alarm_rate", "min_defect_area",
+                                        "pixel_size"))
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
@@ -28,7 +29,7 @@ MAX_ROWS_ECHOED = 50  # beyond this, a predict's rows are in scores.csv only, no
 @click.option("--workers", type=int, default=2, show_default=True, help="With --ray: actors, each loading the model once.")
 @ray_options
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path | None, submission_dir: Path | None,
-            device: str | None, weights: str | None,
+            device: str | None, weights: str | None, runtime: str | None,
             false_alarm_rate: float | None, min_defect_area: float | None, pixel_size: float | None, skip_bad: bool,
             heatmap_size: int, no_heatmaps: bool, workers: int, use_ray: bool, ray_address: str | None,
             ray_threads: int | None) -> None:
@@ -47,7 +48,7 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path | None, sub
         validate_false_alarm_rate(false_alarm_rate)
     size_rule = {"min_defect_area": min_defect_area, "pixel_size": pixel_size}
     if submission_dir is not None:
-        predict_submission(model_dir, images, submission_dir, device, weights, size_rule, false_alarm_rate)
+        predict_submission(model_dir, images, submission_dir, device, weights, size_rule, false_alarm_rate, runtime)
         return
     if out_dir is None:
         raise click.UsageError("--out is required (or --submission for MVTec AD 2's held-back test sets)")
@@ -65,13 +66,14 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path | None, sub
             from patchcore.apps.jobs import predict_files, with_size_rule
             from patchcore.methods import load_model
 
-            model = with_size_rule(load_model(model_dir, device=device, weights=weights), size_rule)
+            model = with_size_rule(load_model(model_dir, device=device, weights=weights, runtime=runtime), size_rule)
             rows, skipped = predict_files(model, files, names, heatmaps_dir, skip_bad, progress=True,
                                           heatmap_side=heatmap_side, on_row=scores.add,
                                           false_alarm_rate=false_alarm_rate)
         else:
-            if device not in (None, "cpu") or weights is not None:
-                raise click.UsageError("--device and --weights are not used with --ray (actors load models on CPU)")
+            if device not in (None, "cpu") or weights is not None or runtime is not None:
+                raise click.UsageError("--device, --weights and --runtime are not used with --ray (actors load models "
+                                       "on CPU as saved)")
             if workers < 1:
                 raise click.UsageError(f"--workers must be >= 1, got {workers}")
             from patchcore.apps.distributed import predict_on_actors, start_scorers
@@ -115,7 +117,8 @@ def monitor(model_dir: Path, images: tuple[Path, ...], device: str | None) -> No
 
 
 def predict_submission(model_dir: Path, folders: tuple[Path, ...], submission_dir: Path, device: str | None,
-                       weights: str | None, size_rule: dict, false_alarm_rate: float | None) -> None:
+                       weights: str | None, size_rule: dict, false_alarm_rate: float | None,
+                       runtime: str | None = None) -> None:
     """One model's maps of its MVTec AD 2 object's held-back test sets, into a submission folder."""
     from patchcore.apps.jobs import with_size_rule
     from patchcore.apps.outputs import check_writable_folder
@@ -131,7 +134,7 @@ def predict_submission(model_dir: Path, folders: tuple[Path, ...], submission_di
         if not is_mvtec_ad2(folder):
             raise click.UsageError(f"{folder}: not an MVTec AD 2 object folder (train/good and test_private)")
         categories.append(load_mvtec_ad2(folder))
-    model = with_size_rule(load_model(model_dir, device=device, weights=weights), size_rule)
+    model = with_size_rule(load_model(model_dir, device=device, weights=weights, runtime=runtime), size_rule)
     for category in categories:
         written = write_submission_maps(model, category, submission_dir)
         click.echo(f"{category.name}: wrote {written} maps and thresholded maps under {submission_dir}")
