@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -101,3 +102,45 @@ def int_or_raw(text: str) -> int | str:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{text!r}: give a positive integer or 'raw'")
     return int(text)
+
+
+class Params:
+    """scikit-learn's estimator conventions, without importing scikit-learn (1.2 of the 3.4 s every `predict` and
+    `serve` spent importing): `get_params` (`deep`: nested ones as `index__n_probe`), `set_params` (nested too), and
+    a repr of the parameters that differ from their defaults. `sklearn.base.clone` works on it (tested)."""
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return sorted(p.name for p in inspect.signature(cls.__init__).parameters.values()
+                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                params.update((f"{name}__{key}", nested) for key, nested in value.get_params().items())
+            params[name] = value
+        return params
+
+    def set_params(self, **params: Any) -> "Params":
+        names = self._get_param_names()
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, _, inner = key.partition("__")
+            if name not in names:
+                raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
+                                 f"Valid parameters are: {names!r}.")
+            if inner:
+                nested.setdefault(name, {})[inner] = value
+            else:
+                setattr(self, name, value)
+        for name, inner_params in nested.items():
+            getattr(self, name).set_params(**inner_params)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(type(self).__init__).parameters
+        changed = [f"{name}={getattr(self, name)!r}" for name in self._get_param_names()
+                   if repr(getattr(self, name)) != repr(defaults[name].default)]
+        return f"{type(self).__name__}({', '.join(changed)})"

@@ -9,10 +9,9 @@ from typing import ClassVar
 import faiss
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
 from torch import nn
 
-from patchcore.params import declared, param
+from patchcore.params import Params, declared, param
 
 QUERY_CHUNK = 16384
 # Below this many bank rows the flat search is cheap and the code indexes' k-means have too little to train on.
@@ -20,7 +19,7 @@ SMALL_BANK = 1024
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class NearestNeighbourIndex(BaseEstimator, ABC):
+class NearestNeighbourIndex(Params, ABC):
     """Fit on the memory bank, then `search` returns true L2 distances (not squared) and indices.
 
     Settings are declared fields (scikit-learn style: `get_params`, `clone`). Indexes whose building

@@ -6,7 +6,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from patchcore.core.calibration import Calibrated, NominalCalibration
 from patchcore.core.detector import DecisionRule, Detector, Prediction
@@ -14,9 +13,10 @@ from patchcore.core.manifest import save_model
 from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE
 from patchcore.io.images import ImageInput, collect_images
 from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
+from patchcore.params import Params
 
 
-class Ensemble(BaseEstimator, Calibrated):
+class Ensemble(Params, Calibrated):
     """Average of member detectors (e.g. several backbones, each with its own memory bank).
 
     Scores of different backbones live on different scales. Each member's image score is turned

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
 
 from patchcore.backbones import (DEFAULT_BACKBONE, BackboneSpec, LoadedBackbone, get_backbone_spec, load_backbone,
                                  resolve_layers)
@@ -30,7 +29,7 @@ from patchcore.core.thresholds import DEFAULT_FALSE_ALARM_RATE, FALSE_ALARM_RATE
 from patchcore.errors import ImageLoadError, PatchCoreWarning
 from patchcore.io.images import ImageInput, category_validation_images, collect_images, read_image_size
 from patchcore.io.persistence import DEFAULT_KEEP_VERSIONS
-from patchcore.params import OneOf, Range, check_params, comma_list, param
+from patchcore.params import OneOf, Params, Range, check_params, comma_list, param
 
 
 @dataclass
@@ -120,7 +119,7 @@ def _image_size_problem(size: int | tuple[int, int]) -> str | None:
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class Detector(BaseEstimator, Calibrated, ABC):
+class Detector(Params, Calibrated, ABC):
     """Base of PatchCore and the baselines: `fit` on good images, then `predict` / `score_samples`.
 
     A scikit-learn-style estimator: every hyper-parameter is a declared field (`patchcore.params.param`,
@@ -177,8 +176,8 @@ class Detector(BaseEstimator, Calibrated, ABC):
                    "memory bank, search and scores stay float32).", check=OneOf(tuple(PRECISIONS)))
     runtime: str = param(
         "torch", "Where the feature network runs: torch, or onnxruntime (CPU, float32; the network exported once per "
-                 "input size and cached in ~/.cache/patchcore or $PATCHCORE_CACHE; same features, 1.2x faster at "
-                 "224 px and 3-5x at a megapixel for Lite0 on 2 cores).", check=OneOf(RUNTIMES))
+                 "input size and cached in ~/.cache/patchcore or $PATCHCORE_CACHE; same features, 1.5-2x faster at "
+                 "224 px and 2-3x at a megapixel for Lite0 on 2 cores).", check=OneOf(RUNTIMES))
     cuda_graphs: bool = param(
         True, "On CUDA, replay the network from a CUDA graph per input shape (captured on its third batch): one "
               "launch per batch instead of one per layer, which is most of the time at batch 1.")

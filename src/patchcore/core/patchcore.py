@@ -12,7 +12,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.base import clone
 
 from patchcore.backbones import LoadedBackbone
 from patchcore.core.bank import UNKNOWN_ORIGIN, MemoryBank, TrainingPatches
@@ -126,7 +125,7 @@ class PatchCore(Detector):
     def _new_index(self) -> NearestNeighbourIndex:
         """A fresh, unfitted search index as the parameters say."""
         if isinstance(self.index, NearestNeighbourIndex):
-            return clone(self.index)
+            return type(self.index)(**self.index.get_params(deep=False))  # sklearn's clone, without importing it
         return make_index(resolve_index_kind(self.index, self.device_))
 
     # -- the fitted bank ----------------------------------------------------------------------

@@ -58,7 +58,7 @@ class _Forward(nn.Module):
 
 class OnnxRuntimeNetwork:
     """The extractor's forward under ONNX Runtime: (B, 3, H, W) images -> (B, h, w, D) float32 features, equal to
-    torch's within float32 rounding (tested), 1.2x (224 px) to 4.7x (1 MP) faster for Lite0 on a 2-core CPU
+    torch's within float32 rounding (tested), 1.5-2x (224 px) to 2-3x (1 MP) faster for Lite0 on a 2-core CPU
     (docs/results.md, "The network under ONNX Runtime").
 
     Each input size is exported once, with a free batch axis: tracing fixes that size's padding arithmetic, and

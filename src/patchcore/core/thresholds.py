@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, genpareto, kstest
-from sklearn.metrics import precision_recall_curve
+from scipy.special import betaincinv
 
 from patchcore.params import Range
 
@@ -91,8 +90,10 @@ def rate_interval(exceeding: int, count: int, confidence: float = INTERVAL_CONFI
     """Clopper-Pearson interval of a rate seen `exceeding` times in `count`: it holds whatever the score
     distribution, as long as new good images are like the nominal ones."""
     tail = (1 - confidence) / 2
-    low = 0.0 if exceeding == 0 else float(beta.ppf(tail, exceeding, count - exceeding + 1))
-    high = 1.0 if exceeding == count else float(beta.ppf(1 - tail, exceeding + 1, count - exceeding))
+    # The beta distribution's quantiles (scipy.stats.beta.ppf) as the inverse incomplete beta function itself:
+    # scipy.stats takes a second to import, and every predict reads a threshold.
+    low = 0.0 if exceeding == 0 else float(betaincinv(exceeding, count - exceeding + 1, tail))
+    high = 1.0 if exceeding == count else float(betaincinv(exceeding + 1, count - exceeding, 1 - tail))
     return low, high
 
 
@@ -123,6 +124,8 @@ def tail_quantile(scores: np.ndarray, rate: float) -> float | None:
     shape, scale = generalized_pareto_pwm(excesses)
     if not (np.isfinite(shape) and scale > 0) or shape >= TAIL_MAX_SHAPE:
         return None
+    from scipy.stats import genpareto, kstest  # only where a tail is fitted: a second of import otherwise spent
+
     if kstest(excesses, genpareto(shape, 0.0, scale).cdf).pvalue < TAIL_MIN_P_VALUE:
         return None
     # P(score > base) = tail / n; within the tail, P(excess > x) follows the fitted distribution.
@@ -177,6 +180,8 @@ def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float,
     labels = np.asarray(labels, dtype=int)
     if labels.min() == labels.max():
         raise ValueError("the F1-optimal threshold needs both good and defective images")
+    from sklearn.metrics import precision_recall_curve  # evaluation only: kept off the predict path's imports
+
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     # The last (precision, recall) pair has no threshold: it is the "predict nothing" end.
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
