@@ -28,14 +28,14 @@ def test_features_equal_torch_on_non_square_batches_and_the_export_is_cached(fit
     features = network(images)
     assert features.shape == expected.shape == (3, 12, 20, extractor.feature_dim)
     np.testing.assert_allclose(features.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
-    assert network(images[:1]).shape[0] == 1  # one export serves every batch size
-    files = sorted(path.name for path in cache.iterdir())
-    assert len(files) == 1 and files[0].endswith("-96x160.onnx")
+    np.testing.assert_allclose(network(images[:1]).numpy(), expected[:1].numpy(), rtol=1e-4, atol=1e-4)
+    files = sorted(path.name for path in cache.iterdir())  # one export per shape, batch size included
+    assert len(files) == 2 and files[0].endswith("-1x3x96x160.onnx") and files[1].endswith("-3x3x96x160.onnx")
     # A new process (here: a new wrapper) loads the file instead of exporting; a damaged file is exported again.
-    (cache / files[0]).write_bytes(b"not onnx")
+    (cache / files[1]).write_bytes(b"not onnx")
     again = OnnxRuntimeNetwork(extractor)(images)
     np.testing.assert_allclose(again.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
-    assert (cache / files[0]).stat().st_size > 1000
+    assert (cache / files[1]).stat().st_size > 1000
 
 
 def test_a_model_scores_alike_under_both_runtimes_and_loads_with_either(train_crops, good_test_crops, defect_crop,

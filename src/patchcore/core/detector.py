@@ -176,8 +176,8 @@ class Detector(Params, Calibrated, ABC):
                    "memory bank, search and scores stay float32).", check=OneOf(tuple(PRECISIONS)))
     runtime: str = param(
         "torch", "Where the feature network runs: torch, or onnxruntime (CPU, float32; the network exported once per "
-                 "input size and cached in ~/.cache/patchcore or $PATCHCORE_CACHE; same features, 1.5-2x faster at "
-                 "224 px and 2-3x at a megapixel for Lite0 on 2 cores).", check=OneOf(RUNTIMES))
+                 "input size and cached in ~/.cache/patchcore or $PATCHCORE_CACHE; same features, 1.4-2x faster at "
+                 "224 px and 3.7-5x at a megapixel for Lite0 on 2 cores).", check=OneOf(RUNTIMES))
     cuda_graphs: bool = param(
         True, "On CUDA, replay the network from a CUDA graph per input shape (captured on its third batch): one "
               "launch per batch instead of one per layer, which is most of the time at batch 1.")

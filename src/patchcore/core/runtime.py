@@ -58,27 +58,28 @@ class _Forward(nn.Module):
 
 class OnnxRuntimeNetwork:
     """The extractor's forward under ONNX Runtime: (B, 3, H, W) images -> (B, h, w, D) float32 features, equal to
-    torch's within float32 rounding (tested), 1.5-2x (224 px) to 2-3x (1 MP) faster for Lite0 on a 2-core CPU
+    torch's within float32 rounding (tested), 1.4-2x (224 px) to 3.7-5x (1 MP) faster for Lite0 on a 2-core CPU
     (docs/results.md, "The network under ONNX Runtime").
 
-    Each input size is exported once, with a free batch axis: tracing fixes that size's padding arithmetic, and
-    the onnxscript optimiser folds it into the convolutions. The file is kept in `cache_folder()` under a hash of
-    the network's weights, settings and the size, so a later process loads it in milliseconds instead of
-    exporting again (1-2 s). Where the cache cannot be written, the export stays in memory.
+    Each input shape (batch size included) is exported once: tracing fixes that shape's padding arithmetic, and the
+    onnxscript optimiser folds it into the convolutions (with a free batch axis it could not, and the network ran
+    1.2-1.6x slower). The file is kept in `cache_folder()` under a hash of the network's weights, settings and the
+    shape, so a later process loads it in milliseconds instead of exporting again (1-2 s). Where the cache cannot be
+    written, the export stays in memory.
     """
 
     def __init__(self, extractor: FeatureExtractor) -> None:
         self.extractor = extractor
-        self._sessions: dict[tuple[int, int], object] = {}
+        self._sessions: dict[tuple[int, ...], object] = {}
         self._fingerprint: str | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        size = (int(images.shape[2]), int(images.shape[3]))
-        session = self._sessions.get(size) or self._open(size)
+        shape = tuple(int(side) for side in images.shape)
+        session = self._sessions.get(shape) or self._open(shape)
         (features,) = session.run(None, {"images": np.ascontiguousarray(images.float().cpu().numpy())})
         return torch.from_numpy(features)
 
-    def _open(self, size: tuple[int, int]):
+    def _open(self, shape: tuple[int, ...]):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -86,7 +87,7 @@ class OnnxRuntimeNetwork:
         options.inter_op_num_threads = 1
         # Spinning threads kept the cores busy after each run, slowing the search and maps that follow in torch.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        path = cache_folder() / f"{self._key(size)}.onnx"
+        path = cache_folder() / f"{self._key(shape)}.onnx"
         session = None
         if path.is_file():
             try:
@@ -94,13 +95,13 @@ class OnnxRuntimeNetwork:
             except Exception:  # a damaged or foreign file: export again over it
                 session = None
         if session is None:
-            graph = self._export(size)
+            graph = self._export(shape)
             _write_quietly(path, graph)
             session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        self._sessions[size] = session
+        self._sessions[shape] = session
         return session
 
-    def _key(self, size: tuple[int, int]) -> str:
+    def _key(self, shape: tuple[int, ...]) -> str:
         if self._fingerprint is None:
             digest = hashlib.sha256()
             extractor = self.extractor
@@ -111,11 +112,11 @@ class OnnxRuntimeNetwork:
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:32]
-        return f"{self._fingerprint}-{size[0]}x{size[1]}"
+        return f"{self._fingerprint}-{'x'.join(map(str, shape))}"
 
-    def _export(self, size: tuple[int, int]) -> bytes:
+    def _export(self, shape: tuple[int, ...]) -> bytes:
         module = _Forward(self.extractor).eval()
-        example = torch.zeros(1, 3, *size, device=next(self.extractor.parameters()).device)
+        example = torch.zeros(shape, device=next(self.extractor.parameters()).device)
         buffer = io.BytesIO()
         exporter_log = logging.getLogger("torch.onnx")
         level = exporter_log.level
@@ -124,8 +125,7 @@ class OnnxRuntimeNetwork:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer and deprecation notes about fixed sizes: intended here
                 torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["images"],
-                                  output_names=["features"], dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                                  opset_version=OPSET)
+                                  output_names=["features"], opset_version=OPSET)
         finally:
             exporter_log.setLevel(level)
         graph = buffer.getvalue()
