@@ -27,7 +27,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 from patchcore import PatchCore
-from patchcore.core.runtime import OnnxRuntimeNetwork, _Forward
+from patchcore.core.runtime import OnnxRuntimeNetwork, _Traceable
 from patchcore.data.categories import load_category
 from patchcore.evaluation.evaluate import machine_description
 from timing import best_of_interleaved  # benchmarks/timing.py, beside this script
@@ -44,7 +44,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     category = load_category(args.root, args.category)
     model = PatchCore(progress=False, coreset_ratio=0.01).fit(list(category.train_images)[:4])
-    extractor, network = model.extractor_, _Forward(model.extractor_).eval()
+    extractor, network = model.extractor_, _Traceable(model.extractor_).eval()
     folder = Path(tempfile.mkdtemp())
     threads = torch.get_num_threads()
     try:

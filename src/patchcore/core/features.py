@@ -120,7 +120,13 @@ class FeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self._patch_features(self._autocast_taps(images))
+        return self._finished(self._patch_features(self._autocast_taps(images)))
+
+    def traceable(self, images: torch.Tensor) -> torch.Tensor:
+        """`forward` in float32 outside inference mode, which ONNX export cannot trace: what exported graphs run."""
+        return self._finished(self._patch_features(self._taps(images)))
+
+    def _finished(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features, dim=-1) if self.unit_length else features
 
     @torch.inference_mode()

@@ -44,16 +44,15 @@ def cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "patchcore" / "onnx"
 
 
-class _Forward(nn.Module):
-    """`FeatureExtractor.forward` without its inference-mode decorator, which tracing cannot enter."""
+class _Traceable(nn.Module):
+    """The module torch.onnx.export traces: the extractor's `traceable` forward."""
 
     def __init__(self, extractor: FeatureExtractor) -> None:
         super().__init__()
         self.extractor = extractor
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.extractor._patch_features(self.extractor._taps(images))
-        return nn.functional.normalize(features, dim=-1) if self.extractor.unit_length else features
+        return self.extractor.traceable(images)
 
 
 class OnnxRuntimeNetwork:
@@ -115,7 +114,7 @@ class OnnxRuntimeNetwork:
         return f"{self._fingerprint}-{'x'.join(map(str, shape))}"
 
     def _export(self, shape: tuple[int, ...]) -> bytes:
-        module = _Forward(self.extractor).eval()
+        module = _Traceable(self.extractor).eval()
         example = torch.zeros(shape, device=next(self.extractor.parameters()).device)
         buffer = io.BytesIO()
         exporter_log = logging.getLogger("torch.onnx")
