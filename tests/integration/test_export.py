@@ -156,3 +156,16 @@ def test_a_dinov2_model_exports_and_matches_the_library(train_crops, defect_crop
     [prediction] = model.predict([defect_crop[0][crop]])
     assert score == pytest.approx(prediction.score, abs=1e-4)
     np.testing.assert_allclose(onnx_map, prediction.anomaly_map, atol=0.01 * float(prediction.anomaly_map.max()), rtol=0)
+
+
+@pytest.mark.slow
+def test_a_cosine_model_exports_unit_length_features(train_crops, good_test_crops, defect_crop, tmp_path: Path) -> None:
+    model = PatchCore(distance="cosine", coreset_ratio=0.1, image_size=128, index="exact", threshold_folds=2,
+                      device="cpu").fit(train_crops[:12])
+    path = export_onnx(model, tmp_path / "cosine.onnx")
+    images = [good_test_crops[0], defect_crop[0]]
+    batch = torch.stack([model.preprocessor_(load_image(image)) for image in images])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores, _ = session.run(None, {"images": batch.numpy()})
+    np.testing.assert_allclose(scores, [p.score for p in model.predict(images)], atol=1e-4, rtol=0)
+    assert scores.max() <= 2.0  # distances between unit vectors

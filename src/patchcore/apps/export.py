@@ -50,8 +50,7 @@ class _BankGraph(nn.Module):
 
     def _nearest(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patches (B, h, w, D), their distances (B, h, w) to and indices (B, h, w) of their nearest bank rows."""
-        # The extractor's own forward runs in inference mode, which export cannot trace; same operations.
-        features = self.extractor._patch_features(self.extractor._taps(images))  # (B, h, w, D)
+        features = self.extractor.traceable(images)  # (B, h, w, D)
         distances, nearest = self.search(features.reshape(-1, features.shape[-1]), 1)
         return features, distances[:, 0].reshape(features.shape[:3]), nearest[:, 0].reshape(features.shape[:3])
 
