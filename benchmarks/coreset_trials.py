@@ -25,6 +25,8 @@ from patchcore.data.categories import load_category
 
 
 def covering_radius(points: torch.Tensor, norms: torch.Tensor, selected: np.ndarray) -> float:
+    """`sampling.covering_radius` in float32 through the greedy's own update: its float64 cdist over 336,000 x
+    33,600 rows would take longer than the trials."""
     nearest = torch.full((len(points),), np.inf)
     _update_min_squared(points, norms, nearest, torch.from_numpy(selected))
     nearest[torch.from_numpy(selected)] = 0
