@@ -4,7 +4,8 @@ import numpy as np
 import torch
 import pytest
 
-from patchcore.core.sampling import coreset_size, covering_radius, greedy_coreset, random_subsample
+from patchcore.core import sampling
+from patchcore.core.sampling import PrincipalBound, coreset_size, covering_radius, greedy_coreset, random_subsample
 
 
 @pytest.fixture()
@@ -67,8 +68,19 @@ def test_learned_proxies_reconstruct_better_than_their_random_start(points: np.n
     np.testing.assert_array_equal(learned, learned_proxies(points, 60, seed=0, steps=150))  # seeded
 
 
+def wide_patches(n_rows: int = 3000, seed: int = 4) -> np.ndarray:
+    """Rows as wide as Lite0's features, most of their spread in a few directions, like real patches."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(30, 12)) @ rng.normal(size=(12, 152))
+    return (centers[rng.integers(0, 30, n_rows)] + rng.normal(scale=0.3, size=(n_rows, 152))).astype(np.float32)
+
+
 @pytest.mark.parametrize("candidates", [1, 7, 256])
-def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarray, candidates: int) -> None:
+@pytest.mark.parametrize("width", ["narrow", "wide"])
+def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarray, candidates: int, width: str,
+                                                                monkeypatch) -> None:
+    points = points if width == "narrow" else wide_patches()
+    shares = spy_on_refreshes(monkeypatch)
     start = int(np.random.default_rng(0).integers(len(points)))
     # Algorithm 1 as written: add the row farthest from everything chosen, one at a time.
     nearest, plain = np.full(len(points), np.inf), [start]
@@ -78,6 +90,44 @@ def test_batched_greedy_picks_exactly_what_the_plain_loop_picks(points: np.ndarr
     batched = greedy_coreset(points, 300, projection_dim=128, seed=0, candidates=candidates)
     assert batched[0] == plain[0] == start
     assert set(batched.tolist()) == set(plain)
+    if width == "wide":  # the principal bound skipped rows on the way, and no pick changed
+        assert min(shares) < 0.5
+
+
+def spy_on_refreshes(monkeypatch) -> list[float]:
+    """The share of rows each refresh of the greedy computed, recorded as it runs."""
+    shares: list[float] = []
+    update = sampling._update_min_squared
+
+    def recorded(*args, **kwargs) -> float:
+        shares.append(update(*args, **kwargs))
+        return shares[-1]
+
+    monkeypatch.setattr(sampling, "_update_min_squared", recorded)
+    return shares
+
+
+def test_principal_bound_is_a_lower_bound_and_a_close_one() -> None:
+    rows = wide_patches()
+    bound = PrincipalBound.of(rows)
+    centres = np.arange(0, 3000, 60)
+    squared = ((rows[:, None, :] - rows[None, centres, :]) ** 2).sum(-1).min(axis=1)
+    lower = bound.lower_bounds(centres)(slice(0, len(rows)))
+    assert np.all(lower <= squared + bound.slack)
+    far = squared > 100
+    assert np.median(lower[far] / squared[far]) > 0.9  # 12 strong directions of 152: the first 32 hold nearly all
+    assert PrincipalBound.of(rows[:, :64]) is None  # too narrow to save a product
+
+
+def test_a_bound_that_skips_nothing_is_dropped(monkeypatch) -> None:
+    noise = np.random.default_rng(0).normal(size=(12_000, 128)).astype(np.float32)
+    shares = spy_on_refreshes(monkeypatch)
+    chosen = greedy_coreset(noise, 6_000, seed=0, candidates=128)
+    assert len(np.unique(chosen)) == 6_000
+    trial = PrincipalBound.trial_refreshes
+    assert len(shares) > trial + 5
+    assert max(shares[1:trial + 1]) > PrincipalBound.worth_it  # noise has no leading directions to bound by
+    assert shares[trial + 1 :] == [1.0] * (len(shares) - trial - 1)
 
 
 def test_projection_only_when_it_at_least_halves_the_dimension() -> None:

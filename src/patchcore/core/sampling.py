@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,12 +119,14 @@ def greedy_coreset(
         raise ValueError(f"n_select must be in [1, {n_total}], got {n_select}")
     points = random_projection(points.to(torch.device(device)), projection_dim, seed)
     start = int(np.random.default_rng(seed).integers(n_total))
+    bound = PrincipalBound.of(points.numpy()) if points.device.type == "cpu" else None
     with progress_bar(n_select, "coreset", progress, unit="row", leave=False, mininterval=1.0) as bar:
-        return _batched_greedy(points, n_select, start, candidates, bar)
+        return _batched_greedy(points, n_select, start, candidates, bar, bound=bound)
 
 
 def _batched_greedy(points: torch.Tensor, n_select: int, start: int | None, candidates: int, bar: tqdm,
-                    initial_min_squared: torch.Tensor | None = None, stop_squared: float = -np.inf) -> np.ndarray:
+                    initial_min_squared: torch.Tensor | None = None, stop_squared: float = -np.inf,
+                    bound: PrincipalBound | None = None) -> np.ndarray:
     """Exact greedy k-center with the distance updates batched into matrix products.
 
     The plain loop updates every row's min-distance after each pick: a mat-vec per pick, bound by
@@ -134,6 +137,9 @@ def _batched_greedy(points: torch.Tensor, n_select: int, start: int | None, cand
     does, all rows are updated at once, on their device, with one matrix product against the centres
     picked since (BLAS-3, several times faster), and new candidates are drawn. On 200,000 random
     rows in 128 dimensions that refresh comes once per ~200 picks.
+
+    A `bound` skips, in each refresh, the rows that no new centre can come nearer to (the same picks, fewer
+    products); it is dropped once it no longer skips enough to pay for itself.
 
     To continue an existing coreset, `initial_min_squared` holds each row's squared distance to it and
     `start` is None; picking stops early once the farthest row is within `stop_squared`.
@@ -149,9 +155,13 @@ def _batched_greedy(points: torch.Tensor, n_select: int, start: int | None, cand
         min_squared = initial_min_squared.to(points.device, torch.float32, copy=True)
     selected = [] if start is None else [start]
     pending = list(selected)
+    computed: list[float] = []  # share of rows each refresh computed
     while True:
         if pending:
-            _update_min_squared(points, squared_norms, min_squared, torch.tensor(pending, device=points.device))
+            computed.append(_update_min_squared(points, squared_norms, min_squared,
+                                                torch.tensor(pending, device=points.device), bound))
+            if bound is not None and not bound.pays(computed):
+                bound = None
         bar.update(len(pending))
         pending = []
         if len(selected) == n_select:
@@ -200,23 +210,91 @@ def _farthest(points: torch.Tensor, squared_norms: torch.Tensor, min_squared: to
 
 
 def _update_min_squared(points: torch.Tensor, squared_norms: torch.Tensor, min_squared: torch.Tensor,
-                        centres: torch.Tensor, chunk: int = 65536) -> None:
-    """min_squared <- min(min_squared, squared distance to the nearest of `centres`), in place."""
+                        centres: torch.Tensor, bound: PrincipalBound | None = None, chunk: int = 65536) -> float:
+    """min_squared <- min(min_squared, squared distance to the nearest of `centres`), in place; returns the share
+    of rows whose distances were computed (the rest skipped by the `bound`, host only)."""
     on_host = points.device.type == "cpu"
     if on_host:  # the same arithmetic on numpy views: numpy's BLAS ran this product 1.3x faster than torch's on 2 cores
         points, squared_norms, min_squared, centres = (t.numpy() for t in (points, squared_norms, min_squared, centres))
     scaled = -2.0 * points[centres]
     centre_norms = squared_norms[centres, None]
+    lower = bound.lower_bounds(centres) if bound is not None else None
+    computed = 0
     for start in range(0, len(points), chunk):
-        stop = start + chunk
-        # (centres, chunk) layout: the min over centres then runs along contiguous rows (measured 2x faster).
-        products = scaled @ points[start:stop].T
+        rows = slice(start, start + chunk)
+        if lower is not None:
+            rows = start + np.flatnonzero(lower(rows) < min_squared[rows] + bound.slack)
+        # (centres, rows) layout: the min over centres then runs along contiguous rows (measured 2x faster).
+        products = scaled @ points[rows].T
         products += centre_norms
-        nearest = (products.min(axis=0) if on_host else products.amin(dim=0)) + squared_norms[start:stop]
-        window = min_squared[start:stop]
-        window[:] = np.minimum(window, nearest) if on_host else torch.minimum(window, nearest)
+        nearest = (products.min(axis=0) if on_host else products.amin(dim=0)) + squared_norms[rows]
+        current = min_squared[rows]
+        min_squared[rows] = np.minimum(current, nearest) if on_host else torch.minimum(current, nearest)
+        computed += len(nearest)
     # Rounding can leave a chosen row a tiny positive distance: pin it so it is never re-chosen.
     min_squared[centres] = -1.0
+    return computed / len(points)
+
+
+@dataclass(frozen=True)
+class PrincipalBound:
+    """Cheap lower bounds of the rows' squared distances, to skip rows in the greedy's refreshes.
+
+    For rows split into their leading principal components and the rest, |x - c|^2 >= |x_lead - c_lead|^2 +
+    (|x_rest| - |c_rest|)^2 (the rest's distance is at least the difference of its lengths). Kept as
+    `dims` + 2 coordinates per row (the last a constant 1, so that one product adds the centres' squared norms;
+    a quarter of Lite0's 152 dims, and 22 % more memory than the bank), the bound costs a product in `dims` + 2
+    instead of the rows' width. On whole-image patches it leaves 10-30 % of the rows to compute once the first
+    refreshes are done.
+    """
+
+    coordinates: np.ndarray
+    squared_norms: np.ndarray
+    slack: float  # float32 rounding of both expanded products, so that no row that could come nearer is skipped
+    block = 2048  # rows per product: the (centres, rows) block stays in cache for the minimum that follows
+    # Early refreshes compute most rows (every row is still far from the few centres). A bound that, after
+    # `trial_refreshes`, left more than `worth_it` of the rows to compute in each of the last 8 costs more than
+    # it saves (1.45x slower on Gaussian noise, where it skips 5 %).
+    trial_refreshes = 16
+    worth_it = 0.8
+
+    @classmethod
+    def of(cls, points: np.ndarray, dims: int = 32, sample: int = 50_000) -> PrincipalBound | None:
+        """The bound for `points`, or None where rows are too narrow for it to save anything."""
+        if points.shape[1] < 3 * dims:
+            return None
+        mean = points.mean(axis=0, dtype=np.float64)
+        centred = points[:: max(1, len(points) // sample)] - mean
+        _, basis = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        leading = np.ascontiguousarray(basis[:, ::-1][:, :dims], dtype=np.float32)
+        coordinates = np.ones((len(points), dims + 2), dtype=np.float32)
+        for start in range(0, len(points), 65536):
+            block = points[start : start + 65536] - mean.astype(np.float32)
+            lead = block @ leading
+            rest = np.einsum("ij,ij->i", block, block) - np.einsum("ij,ij->i", lead, lead)
+            coordinates[start : start + 65536, :dims] = lead
+            coordinates[start : start + 65536, dims] = np.sqrt(np.maximum(rest, 0.0))
+        squared_norms = np.einsum("ij,ij->i", coordinates[:, :-1], coordinates[:, :-1])
+        widest = float(np.einsum("ij,ij->i", points, points).max()) + float(squared_norms.max())
+        return cls(coordinates, squared_norms, 1e-5 * widest)
+
+    def pays(self, computed: list[float]) -> bool:
+        """Whether to keep bounding, given the share of rows each refresh so far computed."""
+        return len(computed) <= self.trial_refreshes or min(computed[-8:]) <= self.worth_it
+
+    def lower_bounds(self, centres: np.ndarray) -> Callable[[slice], np.ndarray]:
+        """A function of a row slice: each of its rows' lower bound on the squared distance to its nearest centre."""
+        scaled = -2.0 * self.coordinates[centres]
+        scaled[:, -1] = self.squared_norms[centres]
+
+        def of_rows(rows: slice) -> np.ndarray:
+            bounds = self.squared_norms[rows].copy()
+            for start in range(0, len(bounds), self.block):
+                products = scaled @ self.coordinates[rows][start : start + self.block].T
+                bounds[start : start + self.block] += products.min(axis=0)
+            return bounds
+
+        return of_rows
 
 
 def extend_coreset(
