@@ -41,17 +41,19 @@ from timing import best_of_interleaved  # benchmarks/timing.py, beside this scri
 
 BATCH_SIZES = (1, 16)
 TIMED_IMAGES = 32
+INPUT_SIZE = 224  # every side of the comparison (ours, anomalib, the floor) sees 224 x 224 inputs
 
 
 def preprocessor(backbone: str) -> Preprocessor:
     """The paper's resize 256, centre-crop 224, with the backbone's normalisation (as `PatchCore` does)."""
     spec = get_backbone_spec(backbone)
-    return Preprocessor((256, 256), spec.mean, spec.std, center_crop=224)
+    return Preprocessor((256, 256), spec.mean, spec.std, center_crop=INPUT_SIZE)
 
 
 def paper_crops(paths: list[Path]) -> list:
     """The same 224 x 224 crops as pictures: our model inspects them whole at their native size."""
-    return [load_image(path).resize((256, 256)).crop((16, 16, 240, 240)) for path in paths]
+    margin = (256 - INPUT_SIZE) // 2
+    return [load_image(path).resize((256, 256)).crop((margin, margin, 256 - margin, 256 - margin)) for path in paths]
 
 
 def tensors(paths: list[Path], preprocess: Preprocessor) -> torch.Tensor:
@@ -64,8 +66,10 @@ def batches_of(images: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) -> dict:
     feature_dim = "raw" if args.feature_dim == "raw" else (int(args.feature_dim) if args.feature_dim else None)
+    # image_size: the crops are inspected at 224 px, as anomalib and the floor see them (the working-size rule
+    # would enlarge them to 256 px).
     model = PatchCore(backbone=args.backbone, coreset_ratio=args.coreset_ratio, holdout_fraction=0.0,
-                      batch_size=16, feature_dim=feature_dim, seed=args.seed)
+                      batch_size=16, feature_dim=feature_dim, seed=args.seed, image_size=INPUT_SIZE)
     train_pictures, test_pictures = paper_crops(train), paper_crops(args.test_paths)
     started = time.perf_counter()
     model.fit(train_pictures)
@@ -76,8 +80,8 @@ def run_ours(train: list[Path], test: torch.Tensor, args: argparse.Namespace) ->
         """Our scoring of the pictures the batches were made from (normalising them is part of ours)."""
         scores, start = [], 0
         for batch in batches:
-            batch_scores, grids = zip(*model._score_pictures([loop.picture(p) for p in test_pictures[start : start + len(batch)]], loop))
-            model._maps(list(grids), [(224, 224)] * len(grids))
+            batch_scores, grids, _ = zip(*model._score_pictures([loop.picture(p) for p in test_pictures[start : start + len(batch)]], loop))
+            model._maps(list(grids), [(INPUT_SIZE, INPUT_SIZE)] * len(grids))
             scores += batch_scores
             start += len(batch)
         return scores
@@ -235,7 +239,7 @@ def main() -> None:
     ours, theirs = results["ours"], results["anomalib"]
     print(f"Machine: {machine_description()}. Category {args.category.name} ({ours['n_train']} train, "
           f"{ours['n_test']} test images), backbone {args.backbone}, coreset {args.coreset_ratio:.0%}, "
-          f"torch {torch.__version__}.")
+          f"torch {torch.__version__}; inputs {INPUT_SIZE} x {INPUT_SIZE} px for ours, anomalib and the floor.")
     print("\n| measure | ours | anomalib | anomalib / ours |\n|---|---|---|---|")
     rows = [("fit, feature extraction (s)", "features_s"), ("fit, coreset selection (s)", "coreset_s"),
             ("fit, total (s)", "fit_s"), ("predict, batch 1 (ms / image)", "predict_ms_batch1"),

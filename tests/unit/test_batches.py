@@ -49,3 +49,11 @@ def test_batches_group_equal_sizes_and_normalise(tmp_path: Path) -> None:
     entries, batch = batches[0]
     assert [i for i, _ in entries] == [0, 1, 2] and tuple(batch.shape) == (3, 3, 64, 64)
     assert float(batch[0].mean()) == pytest.approx(-2.0)  # (0 - 0.5) / 0.25
+
+
+def test_a_cpu_pass_takes_at_most_two_256_px_images(tmp_path: Path) -> None:
+    preprocessor = Preprocessor(256, (0.5,) * 3, (0.25,) * 3, tile_size=None, stride=8)
+    cpu_loop = BatchLoop(preprocessor, torch.device("cpu"), 8, loader_threads=0)
+    Image.fromarray(np.zeros((256, 256, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    pictures = [cpu_loop.picture(tmp_path / "a.png")] * 5
+    assert [len(entries) for entries, _ in cpu_loop.batches(pictures)] == [2, 2, 1]

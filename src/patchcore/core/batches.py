@@ -20,6 +20,9 @@ from patchcore.progress import progress_bar
 
 # `batch_size` counts network inputs of this many pixels: larger inputs go in proportionally smaller batches.
 BATCH_PIXELS = 256 * 256
+# On a CPU a forward pass takes at most this many: eager torch ran Lite0 1.6-2x slower per image at 4-16 images of
+# 256 px per pass than at 1-2 (its activations leave the cache; ONNX Runtime ran alike at every batch size).
+CPU_PASS_PIXELS = 2 * BATCH_PIXELS
 # Decoded pictures held at once, in pixels: bounds memory on camera-sized images.
 CHUNK_PIXELS = 48_000_000
 # Network batches smaller than this go to a GPU from pageable memory: page-locking one took 0.2 ms, more than its copy.
@@ -116,6 +119,10 @@ class BatchLoop:
                 yield positions, pictures
             bar.update(len(items) - done)
 
+    def _pass_pixels(self) -> int:
+        pixels = self.batch_size * BATCH_PIXELS
+        return min(pixels, CPU_PASS_PIXELS) if self.device.type == "cpu" else pixels
+
     def batches(self, pictures: Sequence[Picture]) -> Iterator[tuple[list[tuple[int, Tile]], torch.Tensor]]:
         """The tiles of `pictures` (one per picture when it fits), equal sizes batched together on the device:
         ((picture index, tile) of each batch entry, normalised batch)."""
@@ -125,7 +132,7 @@ class BatchLoop:
         jobs.sort(key=lambda job: (job[1].height, job[1].width))  # stable: equal sizes, in picture order
         for (height, width), group in itertools.groupby(jobs, key=lambda job: (job[1].height, job[1].width)):
             group = list(group)
-            per_batch = max(1, self.batch_size * BATCH_PIXELS // (height * width))
+            per_batch = max(1, self._pass_pixels() // (height * width))
             for start in range(0, len(group), per_batch):
                 entries = group[start : start + per_batch]
                 batch = torch.from_numpy(np.stack([pixels[i][t.y : t.y + t.height, t.x : t.x + t.width]

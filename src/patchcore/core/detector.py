@@ -168,7 +168,8 @@ class Detector(Params, Calibrated, ABC):
         None, "Millimetres per pixel of the original images: region areas (and min_defect_area) in mm^2.",
         check=Range(0, low_open=True))
     batch_size: int = param(8, "Network inputs per forward pass, counted in 256 x 256 images (a 1024 x 1024 tile "
-                                  "counts 16): memory stays bounded whatever the image size.", check=Range(1))
+                                  "counts 16): memory stays bounded whatever the image size. On a CPU at most 2 "
+                                  "(more ran slower per image).", check=Range(1))
     seed: int = param(0, "Seed of every random choice: hold-out split, projection, sampling.")
     device: str | None = param(None, "cpu or cuda (default: cuda when available).")
     precision: str = param(
