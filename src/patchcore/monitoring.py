@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binom
+from scipy.special import betainc
 
 # Fewer recent scores than this say too little to warn on.
 MIN_RECENT = 50
@@ -64,7 +64,9 @@ def drift_report(nominal_scores: np.ndarray, recent_scores: np.ndarray, threshol
     if threshold is not None and len(recent):
         above = int((recent > threshold).sum())
         share = above / len(recent)
-        p_value = float(binom.sf(above - 1, len(recent), false_alarm_rate)) if above else 1.0
+        # P(at least `above` of len(recent) good images over the threshold): the binomial tail as the
+        # incomplete beta function (scipy.stats would add 1.3 s to every start of the service).
+        p_value = float(betainc(above, len(recent) - above + 1, false_alarm_rate)) if above else 1.0
     psi = population_stability_index(nominal, recent) if len(nominal) >= PSI_BINS and len(recent) else None
     shift = float(np.median(recent) / np.median(nominal) - 1) if len(recent) and len(nominal) else None
     if len(recent) < MIN_RECENT:
