@@ -96,9 +96,7 @@ class Ensemble(Params, Calibrated):
     def decision_rule(self, false_alarm_rate: float | None = None) -> DecisionRule:
         """The image threshold and the pixel threshold of defect regions at `false_alarm_rate` (default: the
         ensemble's own), both from the combined nominal scores and map peaks."""
-        rate = self._rate(false_alarm_rate)
-        return DecisionRule(self.calibration_.threshold(rate), self.calibration_.region_threshold(rate),
-                            self.calibration_.map_range[0])
+        return DecisionRule.at(self.calibration_, self._rate(false_alarm_rate))
 
     def _combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
         return np.mean([(np.asarray(scores) - mean) / spread

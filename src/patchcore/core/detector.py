@@ -70,6 +70,14 @@ class DecisionRule:
     min_defect_area: float | None = None
     pixel_size: float | None = None
 
+    @classmethod
+    def at(cls, calibration: NominalCalibration, rate: float, min_defect_area: float | None = None,
+           pixel_size: float | None = None) -> DecisionRule:
+        """The rule a calibration gives at false-alarm `rate`: its image threshold, its region threshold and the
+        typical pixel its maps start from."""
+        return cls(calibration.threshold(rate), calibration.region_threshold(rate),
+                   calibration.map_range[0] if calibration.map_range else None, min_defect_area, pixel_size)
+
     def __call__(self, score: float, anomaly_map: np.ndarray, source: str | None, with_regions: bool) -> Prediction:
         regions = None
         if with_regions and self.region_threshold is not None:
@@ -344,11 +352,7 @@ class Detector(Params, Calibrated, ABC):
     def decision_rule(self, false_alarm_rate: float | None = None) -> DecisionRule:
         """How predictions are decided at `false_alarm_rate` (default: the model's own): the image threshold, the
         pixel threshold of defect regions, and the model's `min_defect_area`."""
-        rate = self._rate(false_alarm_rate)
-        calibration = self.calibration_
-        return DecisionRule(calibration.threshold(rate), calibration.region_threshold(rate),
-                            calibration.map_range[0] if calibration.map_range else None,
-                            self.min_defect_area, self.pixel_size)
+        return DecisionRule.at(self.calibration_, self._rate(false_alarm_rate), self.min_defect_area, self.pixel_size)
 
     def score_samples(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Image anomaly scores only (no maps). Higher = more anomalous, the opposite of scikit-learn's
