@@ -17,20 +17,13 @@ from pathlib import Path
 
 import torch
 
-from patchcore.core.batches import BATCH_PIXELS, CPU_PASS_PIXELS
+from patchcore.core.batches import images_per_pass
 from patchcore.core.scoring import image_scores
 from patchcore.data.categories import load_category
 from patchcore.evaluation.evaluate import machine_description
 from patchcore.io.images import load_image
 from patchcore.core.patchcore import PatchCore
 from timing import best_of  # benchmarks/timing.py, beside this script
-
-
-def per_pass(batch: torch.Tensor) -> int:
-    """Images of `batch` the predict loop sends through the network at once (`BatchLoop.batches`' rule)."""
-    pixels = batch.shape[0] * BATCH_PIXELS
-    pixels = min(pixels, CPU_PASS_PIXELS) if batch.device.type == "cpu" else pixels
-    return max(1, pixels // (batch.shape[-2] * batch.shape[-1]))
 
 
 def main() -> None:
@@ -64,8 +57,9 @@ def main() -> None:
                     full_network(batch)
 
         def features() -> list[torch.Tensor]:
-            # In the passes predict makes of a batch (on a CPU at most CPU_PASS_PIXELS each: faster per image).
-            return [torch.cat([model.extractor_(part).float() for part in batch.split(per_pass(batch))])
+            # In the passes predict makes of a batch (on a CPU at most two 256 px images: faster per image).
+            return [torch.cat([model.extractor_(part).float()
+                               for part in batch.split(images_per_pass(len(batch), *batch.shape[-2:], batch.device))])
                     for batch in batches]
 
         feature_batches = features()

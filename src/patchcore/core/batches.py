@@ -29,6 +29,14 @@ CHUNK_PIXELS = 48_000_000
 PIN_BYTES = 2**20
 
 
+def images_per_pass(batch_size: int, height: int, width: int, device: torch.device) -> int:
+    """Network inputs of height x width that go through the network at once, for a `batch_size` counted in
+    256 x 256 images: at least one."""
+    pixels = batch_size * BATCH_PIXELS
+    pixels = min(pixels, CPU_PASS_PIXELS) if device.type == "cpu" else pixels
+    return max(1, pixels // (height * width))
+
+
 @dataclass(frozen=True)
 class Picture:
     """A decoded image and its pixels at the network's working size."""
@@ -119,10 +127,6 @@ class BatchLoop:
                 yield positions, pictures
             bar.update(len(items) - done)
 
-    def _pass_pixels(self) -> int:
-        pixels = self.batch_size * BATCH_PIXELS
-        return min(pixels, CPU_PASS_PIXELS) if self.device.type == "cpu" else pixels
-
     def batches(self, pictures: Sequence[Picture]) -> Iterator[tuple[list[tuple[int, Tile]], torch.Tensor]]:
         """The tiles of `pictures` (one per picture when it fits), equal sizes batched together on the device:
         ((picture index, tile) of each batch entry, normalised batch)."""
@@ -132,7 +136,7 @@ class BatchLoop:
         jobs.sort(key=lambda job: (job[1].height, job[1].width))  # stable: equal sizes, in picture order
         for (height, width), group in itertools.groupby(jobs, key=lambda job: (job[1].height, job[1].width)):
             group = list(group)
-            per_batch = max(1, self._pass_pixels() // (height * width))
+            per_batch = images_per_pass(self.batch_size, height, width, self.device)
             for start in range(0, len(group), per_batch):
                 entries = group[start : start + per_batch]
                 batch = torch.from_numpy(np.stack([pixels[i][t.y : t.y + t.height, t.x : t.x + t.width]
