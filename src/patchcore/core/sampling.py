@@ -268,12 +268,13 @@ class PrincipalBound:
         _, basis = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
         leading = np.ascontiguousarray(basis[:, ::-1][:, :dims], dtype=np.float32)
         coordinates = np.ones((len(points), dims + 2), dtype=np.float32)
-        for start in range(0, len(points), 65536):
-            block = points[start : start + 65536] - mean.astype(np.float32)
+        for start in range(0, len(points), 65536):  # in blocks: never a centred copy of the whole bank
+            rows = slice(start, start + 65536)
+            block = points[rows] - mean.astype(np.float32)
             lead = block @ leading
             rest = np.einsum("ij,ij->i", block, block) - np.einsum("ij,ij->i", lead, lead)
-            coordinates[start : start + 65536, :dims] = lead
-            coordinates[start : start + 65536, dims] = np.sqrt(np.maximum(rest, 0.0))
+            coordinates[rows, :dims] = lead
+            coordinates[rows, dims] = np.sqrt(np.maximum(rest, 0.0))
         squared_norms = np.einsum("ij,ij->i", coordinates[:, :-1], coordinates[:, :-1])
         widest = float(np.einsum("ij,ij->i", points, points).max()) + float(squared_norms.max())
         return cls(coordinates, squared_norms, 1e-5 * widest)
