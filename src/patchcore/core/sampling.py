@@ -254,7 +254,7 @@ class PrincipalBound:
     block = 2048  # rows per product: the (centres, rows) block stays in cache for the minimum that follows
     # Early refreshes compute most rows (every row is still far from the few centres). A bound that, after
     # `trial_refreshes`, left more than `worth_it` of the rows to compute in each of the last 8 costs more than
-    # it saves (1.45x slower on Gaussian noise, where it skips 5 %).
+    # it saves (1.7x slower on Gaussian noise, where it skips about 5 %: benchmarks/coreset_trials.py - noise).
     trial_refreshes = 16
     worth_it = 0.8
 
